@@ -1,0 +1,1 @@
+"""solverzoo's built-in plugins, registered through the same entry points as third-party ones."""

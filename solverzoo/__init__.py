@@ -1,0 +1,46 @@
+"""solverzoo: a plugin-based zoo of diffusion solvers and guidance methods with a benchmark harness."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .hookspecs import hookimpl  # noqa: E402  (plugins import this first)
+from .conditioning import Conditioner, branch_conds
+from .grid import GridError, TimeGrid, time_grid, validate_grid
+from .guidance import GuidedDenoiser, Guidance
+from .model import Denoiser, Model, ModelDenoiser
+from .noise import generators, randn, randn_like
+from .prediction import Prediction
+from .registry import PluginConflictError, PluginError, UnknownComponentError, registry
+from .schedules import NoiseSchedule
+from .solver import Solver
+
+
+def get_solver(name: str) -> Solver:
+    """The registered solver called ``name``."""
+    return registry.get("solver", name)
+
+
+def get_grid(name: str) -> TimeGrid:
+    """The registered time grid called ``name``."""
+    return registry.get("grid", name)
+
+
+def get_schedule(name: str, **options) -> NoiseSchedule:
+    """A new noise schedule of the registered family ``name``."""
+    return registry.get("schedule", name)(**options)
+
+
+def get_guidance(name: str, **options) -> Guidance:
+    """A new guidance method of the registered kind ``name`` with ``options`` (``scale`` ...)."""
+    return registry.get("guidance", name)(**options)
+
+
+from .sampling import NonFiniteError, SampleResult, initial_noise, sample  # noqa: E402
+
+__all__ = [
+    "Conditioner", "Denoiser", "GridError", "GuidedDenoiser", "Guidance", "Model", "ModelDenoiser",
+    "NoiseSchedule", "NonFiniteError", "PluginConflictError", "PluginError", "Prediction", "SampleResult",
+    "Solver", "TimeGrid", "UnknownComponentError", "branch_conds", "generators", "get_grid", "get_guidance",
+    "get_schedule", "get_solver", "hookimpl", "initial_noise", "randn", "randn_like", "registry", "sample",
+    "time_grid", "validate_grid",
+]

@@ -1,0 +1,126 @@
+"""The ``solverzoo`` command line: ``plugins``, ``verify``."""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+
+from .registry import KINDS, UnknownComponentError, registry
+
+
+def _component_rows() -> list[dict]:
+    rows = []
+    for e in registry.entries():
+        row = {"kind": e.kind, "name": e.name, "origin": e.origin, "plugin": e.plugin}
+        obj = e.obj
+        if e.kind == "solver":
+            row.update(order=obj.order, stochastic=obj.stochastic, evals_per_step=obj.evals_per_step,
+                       adaptive=obj.adaptive, options=obj.info()["options"], description=obj.description)
+        elif e.kind == "grid":
+            row.update(options=obj.info()["options"], description=obj.description)
+        else:
+            doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+            row["description"] = doc[0] if doc else ""
+        rows.append(row)
+    for (kind, name), entries in sorted(registry.conflicts().items()):
+        rows.append({"kind": kind, "name": name, "origin": " | ".join(f"{x.plugin} ({x.origin})" for x in entries),
+                     "error": "name registered by more than one plugin"})
+    for f in registry.failures:
+        rows.append({"kind": "plugin", "name": f.plugin, "origin": f.origin, "error": f.error})
+    return rows
+
+
+def cmd_plugins(args) -> int:
+    rows = _component_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows) if rows else 4
+    for kind in KINDS + ("plugin",):
+        group = [r for r in rows if r["kind"] == kind]
+        if not group:
+            continue
+        print(f"{kind}s:" if kind != "plugin" else "failed plugins:")
+        for r in group:
+            extra = ""
+            if "error" in r:
+                extra = f"  ERROR: {r['error']}"
+            elif kind == "solver":
+                extra = f"  {'SDE' if r['stochastic'] else 'ODE'} order={r['order']} evals/step={r['evals_per_step']}"
+            print(f"  {r['name']:<{width}}  [{r['origin']}]{extra}  {r.get('description', '')}".rstrip())
+    return 0
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise SystemExit(f"solverzoo: error: option {p!r} must look like name=value")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    nfes = tuple(int(x) for x in args.nfes.split(",")) if args.nfes else None
+    kwargs = dict(schedule=args.schedule, grid=args.grid, prediction=args.prediction, n=args.n, dim=args.dim,
+                  seed=args.seed, options=_parse_options(args.option), schedule_options=_parse_options(args.schedule_option))
+    if nfes:
+        kwargs["nfes"] = nfes
+    rep = verify(args.solver, **kwargs)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+        return 0
+    emp = "n/a" if rep.empirical_order is None else f"{rep.empirical_order:.2f}"
+    print(f"solver {rep.solver}: declared order {rep.declared_order}, empirical order {emp}")
+    print(f"testbed: Gaussian mixture, dim {rep.dim}, {rep.n_samples} samples, seed {rep.seed}; schedule {rep.schedule}; "
+          f"grid {rep.grid}; {rep.prediction} model; reference scipy DOP853 (rtol 1e-11)")
+    head = f"{'NFE':>6} {'steps':>6} {'median error':>13} {'mode flips':>11}"
+    print(head + (f" {'sliced W1':>10}" if rep.stochastic else ""))
+    for r in rep.rows:
+        line = f"{r.nfe:>6} {r.steps:>6} {r.median_error:>13.3e} {r.mode_flip_rate:>11.3f}"
+        print(line + (f" {r.sliced_wasserstein:>10.4f}" if rep.stochastic else ""))
+    if rep.note:
+        print(f"note: {rep.note}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="solverzoo", description="A plugin-based zoo of diffusion solvers with a benchmark harness.")
+    sub = p.add_subparsers(dest="command", required=True)
+    pl = sub.add_parser("plugins", help="list every registered component and failed plugin")
+    pl.add_argument("--json", action="store_true", help="print a JSON list, one object per component")
+    pl.set_defaults(fn=cmd_plugins)
+    v = sub.add_parser("verify", help="measure a solver's accuracy and order on the analytic Gaussian-mixture testbed")
+    v.add_argument("solver")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--schedule", default="vp", help="schedule family (default: vp)")
+    v.add_argument("--schedule-option", action="append", metavar="NAME=VALUE", help="schedule option, repeatable")
+    v.add_argument("--grid", default="logsnr", help="time grid (default: logsnr)")
+    v.add_argument("--prediction", default="epsilon", choices=["epsilon", "x0", "v", "velocity"])
+    v.add_argument("--nfes", help="comma-separated NFE ladder (default: 16,32,64,128,256)")
+    v.add_argument("--n", type=int, default=128, help="samples (default: 128)")
+    v.add_argument("--dim", type=int, default=4)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
+    v.set_defaults(fn=cmd_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (UnknownComponentError, ValueError, TypeError) as exc:
+        print(f"solverzoo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

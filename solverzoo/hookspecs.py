@@ -1,0 +1,40 @@
+"""Plugin hooks. A plugin is a module exposing any of these functions, marked with
+``@solverzoo.hookimpl`` and listed under the ``solverzoo`` entry-point group::
+
+    [project.entry-points.solverzoo]
+    my_solver = "my_package.my_module"
+
+Each hook receives ``register(obj, name=None)``; ``name`` defaults to ``obj.name``.
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("solverzoo")
+hookimpl = pluggy.HookimplMarker("solverzoo")
+
+
+@hookspec
+def register_solvers(register):
+    """Register :class:`solverzoo.Solver` instances."""
+
+
+@hookspec
+def register_grids(register):
+    """Register :class:`solverzoo.TimeGrid` objects (see :func:`solverzoo.time_grid`)."""
+
+
+@hookspec
+def register_schedules(register):
+    """Register noise-schedule factories: callables ``(**options) -> NoiseSchedule``."""
+
+
+@hookspec
+def register_guidance(register):
+    """Register guidance factories: callables ``(**options) -> Guidance``."""
+
+
+HOOKS = {
+    "solver": "register_solvers",
+    "grid": "register_grids",
+    "schedule": "register_schedules",
+    "guidance": "register_guidance",
+}

@@ -1,0 +1,129 @@
+"""Models and denoisers.
+
+A :class:`Model` is a network plus what it predicts, the path it was trained on and how it
+wants time as input. :meth:`Model.denoiser` binds conditioning and returns a *denoiser*: the
+callable ``(x, t) -> Prediction`` that every solver consumes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Protocol
+
+import torch
+from torch import Tensor
+
+from .prediction import PREDICTION_TYPES, Prediction, from_output
+from .schedules import NoiseSchedule
+
+Cond = Mapping[str, Tensor]
+
+
+def _time_t(s: NoiseSchedule, t: Tensor) -> Tensor:
+    return t
+
+
+def _time_t1000(s: NoiseSchedule, t: Tensor) -> Tensor:
+    return t * 1000.0
+
+
+def _time_sigma(s: NoiseSchedule, t: Tensor) -> Tensor:
+    return s.sigma_ve(t)
+
+
+def _time_c_noise(s: NoiseSchedule, t: Tensor) -> Tensor:
+    return 0.25 * torch.log(s.sigma_ve(t))
+
+
+def _time_lambda(s: NoiseSchedule, t: Tensor) -> Tensor:
+    return s.lam(t)
+
+
+TIME_INPUTS: dict[str, Callable[[NoiseSchedule, Tensor], Tensor]] = {
+    "t": _time_t,  # the schedule's own time (a discrete index for DDPM schedules)
+    "t1000": _time_t1000,  # t scaled by 1000 (SD3 / FLUX transformers)
+    "sigma": _time_sigma,  # VE sigma = sigma / alpha (k-diffusion)
+    "c_noise": _time_c_noise,  # EDM's 0.25 * log(sigma)
+    "lambda": _time_lambda,  # half log-SNR
+}
+
+
+class Denoiser(Protocol):
+    """What solvers consume: ``denoiser(x, t) -> Prediction``.
+
+    Attributes:
+        schedule: the path the predictions refer to.
+        evals_per_call: network evaluations per call (2 under classifier-free guidance).
+    """
+
+    schedule: NoiseSchedule
+    evals_per_call: int
+
+    def __call__(self, x: Tensor, t: Tensor) -> Prediction: ...
+
+
+class Model:
+    """A network with its parametrisation.
+
+    Args:
+        net: callable ``net(x, time_input, **cond) -> Tensor`` with ``time_input`` of shape (B,).
+        prediction: one of ``epsilon``, ``x0``, ``v``, ``velocity``.
+        schedule: the noise schedule the network was trained on.
+        time_input: how the network wants time: a key of :data:`TIME_INPUTS` or a callable
+            ``(schedule, t) -> Tensor``.
+    """
+
+    def __init__(self, net: Callable, prediction: str, schedule: NoiseSchedule, time_input: str | Callable = "t"):
+        if prediction not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction type {prediction!r}; expected one of {PREDICTION_TYPES}")
+        if isinstance(time_input, str):
+            if time_input not in TIME_INPUTS:
+                raise ValueError(f"unknown time_input {time_input!r}; expected one of {sorted(TIME_INPUTS)} or a callable")
+            time_input = TIME_INPUTS[time_input]
+        self.net = net
+        self.prediction = prediction
+        self.schedule = schedule
+        self.time_input = time_input
+
+    def predict(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Prediction:
+        """Evaluate the network once at a scalar time ``t`` and convert its output."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        a, s = self.schedule.alpha_sigma(t)
+        a, s = a.to(x.dtype), s.to(x.dtype)
+        time_in = self.time_input(self.schedule, t).to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+        out = self.net(x, time_in, **(cond or {}))
+        if out.shape != x.shape:
+            raise ValueError(f"model output has shape {tuple(out.shape)} but the input has shape {tuple(x.shape)}")
+        if self.prediction == "velocity":
+            ad, sd = (v.to(x.dtype) for v in self.schedule.alpha_sigma_dot(t))
+            return from_output("velocity", out, x, a, s, ad, sd)
+        return from_output(self.prediction, out, x, a, s)
+
+    def denoiser(self, cond: Cond | None = None) -> "ModelDenoiser":
+        return ModelDenoiser(self, cond)
+
+
+class ModelDenoiser:
+    """A model with its conditioning bound: one network evaluation per call."""
+
+    evals_per_call = 1
+
+    def __init__(self, model: Model, cond: Cond | None = None):
+        self.model = model
+        self.cond = cond
+        self.schedule = model.schedule
+
+    def __call__(self, x: Tensor, t: Tensor) -> Prediction:
+        return self.model.predict(x, t, self.cond)
+
+
+def batch_cond(conds: list[Cond]) -> dict[str, Tensor]:
+    """Concatenate several conditionings along the batch for one batched forward."""
+    keys = set(conds[0])
+    for c in conds[1:]:
+        if set(c) != keys:
+            raise ValueError(f"conditionings have different keys: {sorted(keys)} vs {sorted(c)}")
+    return {k: torch.cat([c[k] for c in conds], dim=0) for k in sorted(keys)}
+
+
+def is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
