@@ -6,7 +6,7 @@ import ast
 import json
 import sys
 
-from .registry import KINDS, UnknownComponentError, registry
+from .registry import KINDS, PluginError, UnknownComponentError, registry
 
 
 def _component_rows() -> list[dict]:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (UnknownComponentError, ValueError, TypeError) as exc:
+    except (UnknownComponentError, PluginError, ValueError, TypeError) as exc:
         print(f"solverzoo: error: {exc}", file=sys.stderr)
         return 2
 

@@ -61,9 +61,10 @@ class _Watch:
 
 
 def _step_of(grid: Tensor, t: float) -> int:
-    """Index of the grid step whose interval [grid[i+1], grid[i]] contains t."""
+    """Index of the grid step whose interval (grid[i+1], grid[i]] contains t (a step
+    evaluates the model at its start and at interior stages, never at its end)."""
     for i in range(len(grid) - 1):
-        if grid[i + 1] <= t <= grid[i]:
+        if grid[i + 1] < t <= grid[i]:
             return i
     return -1
 

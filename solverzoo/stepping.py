@@ -58,6 +58,12 @@ def table(schedule: NoiseSchedule, grid: Tensor) -> Table:
     return Table(t.numpy(), a, s, lam)
 
 
+def alpha_sigma_at(schedule: NoiseSchedule, t: float) -> tuple[float, float]:
+    """``(alpha, sigma)`` at one time, as Python floats (host, for plans)."""
+    a, s = schedule.alpha_sigma(torch.tensor(float(t), dtype=torch.float64))
+    return float(a), float(s)
+
+
 def expm1_neg(h: float) -> float:
     """``exp(-h) - 1``, exact for small h, -1 for h = inf."""
     return -1.0 if math.isinf(h) else math.expm1(-h)
@@ -161,7 +167,7 @@ class RungeKutta(Solver):
             gamma = min(s_churn / tab.n, math.sqrt(2.0) - 1.0) if (s_churn > 0 and s_tmin <= sve <= s_tmax and a0 > 0) else 0.0
             if gamma > 0:  # EDM Algorithm 2: raise the noise level, exactly along the forward process
                 t_hat = min(frame_time("ve", schedule, sve * (1.0 + gamma)), schedule.t_max)
-                ah, sh = (float(v) for v in schedule.alpha_sigma(torch.tensor(t_hat, dtype=torch.float64)))
+                ah, sh = alpha_sigma_at(schedule, t_hat)
                 ratio = ah / a0
                 churn = (ratio, s_noise * math.sqrt(max(sh * sh - (ratio * s0) ** 2, 0.0)))
                 a0, s0 = ah, sh
@@ -172,8 +178,7 @@ class RungeKutta(Solver):
             stages = [(torch.tensor(t_hat, dtype=torch.float64), 1.0, ())]
             for k in range(1, len(b)):
                 tk = frame_time(frame, schedule, u0 + c[k] * H)
-                ak, sk = (float(v) for v in schedule.alpha_sigma(torch.tensor(tk, dtype=torch.float64)))
-                ck, _ = frame_coords(frame, ak, sk)
+                ck, _ = frame_coords(frame, *alpha_sigma_at(schedule, tk))
                 stages.append((torch.tensor(tk, dtype=torch.float64), ck / c0, tuple(ck * H * a for a in A[k - 1])))
             steps.append(RKStep(churn, tuple(stages), (c1 / c0, tuple(c1 * H * w for w in b))))
         return RKPlan(frame, tuple(steps))
