@@ -67,7 +67,7 @@ class DiscreteVP(NoiseSchedule):
         j = torch.clamp(torch.floor(pos), 0, self.discrete_steps - 1).long()
         w = pos - j
         L = self._log_ab.to(pos.device)
-        lo, hi = L[j], L[j + 1]
+        lo, hi = torch.take(L, j), torch.take(L, j + 1)  # (take: traceable tensor indexing)
         return lo + w * (hi - lo), hi - lo
 
     def alpha_sigma(self, t):

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Protocol
 import torch
 from torch import Tensor
 
-from .prediction import PREDICTION_TYPES, Prediction, from_output
+from .prediction import PREDICTION_TYPES, Prediction, coefficients
 from .schedules import NoiseSchedule
 
 Cond = Mapping[str, Tensor]
@@ -83,20 +83,46 @@ class Model:
         self.prediction = prediction
         self.schedule = schedule
         self.time_input = time_input
+        self._consts: dict[float, tuple] = {}  # memo of pure functions of t (see predict)
 
-    def predict(self, x: Tensor, t: Tensor, cond: Cond | None = None) -> Prediction:
-        """Evaluate the network once at a scalar time ``t`` and convert its output."""
-        t = torch.as_tensor(t, dtype=torch.float64)
-        a, s = self.schedule.alpha_sigma(t)
-        a, s = a.to(x.dtype), s.to(x.dtype)
-        time_in = self.time_input(self.schedule, t).to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+    def predict(self, x: Tensor, t: Tensor | float, cond: Cond | None = None) -> Prediction:
+        """Evaluate the network once at a scalar time ``t`` and convert its output.
+
+        In eager mode the schedule's values at ``t`` are memoised as Python floats (``t`` is a
+        CPU float64 grid value, so reading it is no device sync); under ``torch.compile`` the
+        same quantities are computed with tensor ops so the loop stays one graph.
+        """
+        if isinstance(t, float) or (not torch.compiler.is_compiling() and t.device.type == "cpu"):
+            key = float(t)
+            consts = self._consts.get(key)
+            if consts is None:
+                consts = self._constants(torch.tensor(key, dtype=torch.float64))
+                if len(self._consts) > 65536:
+                    self._consts.clear()
+                self._consts[key] = consts
+            time_value, coefs = consts
+            time_in = torch.full((x.shape[0],), time_value, device=x.device, dtype=x.dtype)
+        else:
+            t = torch.as_tensor(t, dtype=torch.float64)
+            time_raw, coefs = self._constants(t, as_float=False)
+            time_in = time_raw.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+            coefs = tuple(c.to(x.dtype) if isinstance(c, Tensor) else c for c in coefs)
         out = self.net(x, time_in, **(cond or {}))
         if out.shape != x.shape:
             raise ValueError(f"model output has shape {tuple(out.shape)} but the input has shape {tuple(x.shape)}")
+        return Prediction.affine(x, out, *coefs)
+
+    def _constants(self, t: Tensor, as_float: bool = True):
+        """Network time input and the affine coefficients of the prediction at time ``t``."""
+        a, s = self.schedule.alpha_sigma(t)
+        ad = sd = None
         if self.prediction == "velocity":
-            ad, sd = (v.to(x.dtype) for v in self.schedule.alpha_sigma_dot(t))
-            return from_output("velocity", out, x, a, s, ad, sd)
-        return from_output(self.prediction, out, x, a, s)
+            ad, sd = self.schedule.alpha_sigma_dot(t)
+        coefs = coefficients(self.prediction, a, s, ad, sd)
+        time_in = self.time_input(self.schedule, t)
+        if as_float:
+            return float(time_in), tuple(float(c) for c in coefs)
+        return time_in, coefs
 
     def denoiser(self, cond: Cond | None = None) -> "ModelDenoiser":
         return ModelDenoiser(self, cond)

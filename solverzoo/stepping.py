@@ -109,7 +109,8 @@ def resolve_frame(frame: str, schedule: NoiseSchedule, alpha_start: float) -> st
 
 
 def frame_coords(frame: str, alpha: float, sigma: float) -> tuple[float, float]:
-    """``(c, s)`` with ``y = x / c`` and frame time ``s``."""
+    """``(c, s)`` with ``y = x / c`` and frame time ``s`` (Python floats)."""
+    alpha, sigma = float(alpha), float(sigma)
     if frame == "ve":
         return alpha, sigma / alpha
     return alpha + sigma, sigma / (alpha + sigma)
@@ -188,6 +189,13 @@ class RungeKutta(Solver):
         for i, step in enumerate(plan.steps):
             if step.churn is not None:
                 x = x * step.churn[0] + step.churn[1] * randn_like(x, generator)
+            if len(step.stages) == 1:  # one stage (Euler): fold the step into a single axpby of (x, out)
+                pred = denoiser(x, step.stages[0][0])
+                b = step.out[1][0]
+                x = pred.lin(-b if flow else 0.0, b, step.out[0], x)
+                if callback is not None:
+                    callback({"i": i, "t": grid[i + 1], "x": x, "x0": pred.x0})
+                continue
             ds = []
             for t_k, xc, coefs in step.stages:
                 pred = denoiser(lincomb(x, xc, list(zip(coefs, ds))), t_k)

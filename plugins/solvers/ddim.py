@@ -30,7 +30,7 @@ class DDIM(Solver):
     def loop(self, denoiser, x, grid, plan, *, generator=None, callback=None):
         for i, (a, e, c) in enumerate(plan):
             pred = denoiser(x, grid[i])
-            x = pred.x0 * a + pred.eps * e
+            x = pred.lin(a, e)
             if c > 0:
                 x = x + c * randn_like(x, generator)
             if callback is not None:

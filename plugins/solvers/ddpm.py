@@ -35,7 +35,7 @@ class DDPM(Solver):
     def loop(self, denoiser, x, grid, plan, *, generator=None, callback=None):
         for i, (cx, c0, std) in enumerate(plan):
             pred = denoiser(x, grid[i])
-            x = x * cx + pred.x0 * c0
+            x = pred.lin(c0, 0.0, cx, x)
             if std > 0:
                 x = x + std * randn_like(x, generator)
             if callback is not None:

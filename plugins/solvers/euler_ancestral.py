@@ -30,7 +30,7 @@ class EulerAncestral(Solver):
     def loop(self, denoiser, x, grid, plan, *, generator=None, callback=None):
         for i, (a, down, up) in enumerate(plan):
             pred = denoiser(x, grid[i])
-            x = pred.x0 * a + pred.eps * down  # alpha' * (x0 + sigma_down * eps): the Euler step in the VE frame
+            x = pred.lin(a, down)  # alpha' * (x0 + sigma_down * eps): the Euler step in the VE frame
             if up > 0:
                 x = x + up * randn_like(x, generator)
             if callback is not None:

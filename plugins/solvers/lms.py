@@ -35,7 +35,7 @@ class LMS(Solver):
             p = min(order, i + 1)
             nodes = np.array([us[i - j] for j in range(p)])
             w = _ab_weights(nodes, us[i], us[i + 1])
-            out.append((cs[i + 1] / cs[i], tuple(cs[i + 1] * v for v in w)))
+            out.append((cs[i + 1] / cs[i], tuple(float(cs[i + 1] * v) for v in w)))
         return frame, out
 
     def loop(self, denoiser, x, grid, plan, *, generator=None, callback=None):

@@ -44,7 +44,7 @@ def _update(tab, src: int, dst: int, order: int, variant: str, corrector: bool):
     for k, (rk, rho) in enumerate(zip(rks, rho_hist), start=1):  # D1_k = (m_{-k} - m_0) / r_k
         coefs[k] = -a1 * B_h * rho / rk
         coefs[0] += a1 * B_h * rho / rk
-    return s1 / s0, coefs, new
+    return s1 / s0, {k: float(v) for k, v in coefs.items()}, float(new)  # plain floats: constants for torch.compile
 
 
 class UniPC(Solver):
