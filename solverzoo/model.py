@@ -6,7 +6,6 @@ callable ``(x, t) -> Prediction`` that every solver consumes.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Mapping, Protocol
 
 import torch
@@ -149,7 +148,3 @@ def batch_cond(conds: list[Cond]) -> dict[str, Tensor]:
         if set(c) != keys:
             raise ValueError(f"conditionings have different keys: {sorted(keys)} vs {sorted(c)}")
     return {k: torch.cat([c[k] for c in conds], dim=0) for k in sorted(keys)}
-
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -11,8 +11,6 @@ Time runs from ``t_zero`` (clean data, ``sigma == 0``) up to ``t_max`` (the nois
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -104,13 +102,5 @@ def vp_sigma_from_log_alpha(log_alpha: Tensor) -> Tensor:
     return torch.sqrt(-torch.expm1(2.0 * log_alpha))
 
 
-def _as64(t) -> Tensor:
-    return torch.as_tensor(t, dtype=torch.float64) if not isinstance(t, Tensor) else t
-
-
 TINY_ALPHA_BAR = 1e-30
 """Floor for a zero terminal alpha_bar, so log-space interpolation stays finite."""
-
-
-def log_tiny() -> float:
-    return math.log(TINY_ALPHA_BAR)

@@ -4,16 +4,15 @@ measured against a high-precision solve of the *true* probability-flow ODE."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .model import Model
 from .noise import Generators, randn
-from .prediction import to_output
+from .prediction import Prediction, to_output
 from .schedules import NoiseSchedule
 
 
@@ -118,7 +117,6 @@ class GaussianMixture:
             t = t.to(torch.float64)
             a, s = schedule.alpha_sigma(t)
             x0, eps = gmm.posterior(x, a, s, label)
-            from .prediction import Prediction
             pred = Prediction(x0, eps)
             shape = (-1,) + (1,) * (x.ndim - 1)
             if prediction == "velocity":

@@ -1,5 +1,4 @@
 """Bad input gets a clear error that says what was wrong and what to do."""
-import math
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """Conformance suite: every registered solver (built-in or third-party) must pass these."""
-import math
 
 import pytest
 import torch

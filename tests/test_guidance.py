@@ -1,6 +1,5 @@
 """Guidance methods against their defining formulas on the exact class-conditional mixture,
 one batched model call per step, and honest NFE."""
-import math
 
 import pytest
 import torch
