@@ -18,7 +18,18 @@ def _rhs(h: float, order: int, variant: str):
         b.append(h_phi_k * fact / B_h)
         fact *= i + 1
         h_phi_k = h_phi_k / hh - 1.0 / fact
-    return B_h, h_phi_1, np.array(b)
+    return B_h, h_phi_1, b
+
+
+def _solve_powers(rks: list, b: list) -> list:
+    """Solve ``sum_k rks[k]^j rho_k = b_j`` (j = 0..n-1): closed form up to 2x2, numpy beyond."""
+    n = len(b)
+    if n == 1:
+        return [b[0]]
+    if n == 2:
+        det = rks[1] - rks[0]
+        return [(b[0] * rks[1] - b[1]) / det, (b[1] - rks[0] * b[0]) / det]
+    return [float(v) for v in np.linalg.solve(np.vander(np.array(rks), n, increasing=True).T, np.array(b))]
 
 
 def _update(tab, src: int, dst: int, order: int, variant: str, corrector: bool):
@@ -34,13 +45,13 @@ def _update(tab, src: int, dst: int, order: int, variant: str, corrector: bool):
     coefs = {0: -a1 * h_phi_1}
     new = 0.0
     if corrector:
-        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(np.vander(np.array(rks + [1.0]), order, increasing=True).T, b)
+        rhos = [0.5] if order == 1 else _solve_powers(rks + [1.0], b)
         rho_hist, new = rhos[:-1], -a1 * B_h * rhos[-1]
         coefs[0] += a1 * B_h * rhos[-1]  # D1_t = m_t - m_0
     elif order >= 2:
-        rho_hist = np.array([0.5]) if order == 2 else np.linalg.solve(np.vander(np.array(rks), order - 1, increasing=True).T, b[:-1])
+        rho_hist = [0.5] if order == 2 else _solve_powers(rks, b[:-1])
     else:
-        rho_hist = np.array([])
+        rho_hist = []
     for k, (rk, rho) in enumerate(zip(rks, rho_hist), start=1):  # D1_k = (m_{-k} - m_0) / r_k
         coefs[k] = -a1 * B_h * rho / rk
         coefs[0] += a1 * B_h * rho / rk
