@@ -78,8 +78,9 @@ class IntervalCFG(Guidance):
         self.sigma_hi = float(sigma_hi) if sigma_hi == math.inf else self.check_scale("sigma_hi", sigma_hi)
 
     def combine(self, preds, x, t, alpha, sigma):
-        s = sigma / alpha
-        on = ((s > self.sigma_lo) & (s <= self.sigma_hi)).to(x.dtype)
+        s = sigma / alpha  # a float in eager mode, a 0-dim tensor under torch.compile
+        inside = (s > self.sigma_lo) & (s <= self.sigma_hi)
+        on = float(inside) if isinstance(inside, bool) else inside.to(x.dtype)
         return _lerp(preds["cond"], _lerp(preds["uncond"], preds["cond"], self.scale), on)
 
 

@@ -62,5 +62,5 @@ class GuidedDenoiser:
         pred = self.model.predict(torch.cat([x] * k, dim=0) if k > 1 else x, t, self._cond)
         x0s, epss = pred.x0.chunk(k, dim=0), pred.eps.chunk(k, dim=0)
         preds = {b: Prediction(x0s[i], epss[i]) for i, b in enumerate(self.guidance.branches)}
-        alpha, sigma = self.schedule.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
-        return self.guidance.combine(preds, x, t, alpha.to(x.dtype), sigma.to(x.dtype))
+        _, _, (alpha, sigma) = self.model.constants(t, x.dtype)  # memoised with the prediction's constants
+        return self.guidance.combine(preds, x, t, alpha, sigma)

@@ -85,11 +85,23 @@ class Model:
         self._consts: dict[float, tuple] = {}  # memo of pure functions of t (see predict)
 
     def predict(self, x: Tensor, t: Tensor | float, cond: Cond | None = None) -> Prediction:
-        """Evaluate the network once at a scalar time ``t`` and convert its output.
+        """Evaluate the network once at a scalar time ``t`` and convert its output."""
+        time_value, coefs, _ = self.constants(t, x.dtype)
+        if isinstance(time_value, float):
+            time_in = torch.full((x.shape[0],), time_value, device=x.device, dtype=x.dtype)
+        else:
+            time_in = time_value.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+        out = self.net(x, time_in, **(cond or {}))
+        if out.shape != x.shape:
+            raise ValueError(f"model output has shape {tuple(out.shape)} but the input has shape {tuple(x.shape)}")
+        return Prediction.affine(x, out, *coefs)
 
-        In eager mode the schedule's values at ``t`` are memoised as Python floats (``t`` is a
-        CPU float64 grid value, so reading it is no device sync); under ``torch.compile`` the
-        same quantities are computed with tensor ops so the loop stays one graph.
+    def constants(self, t: Tensor | float, dtype: torch.dtype = torch.float32):
+        """``(network time input, prediction coefficients, (alpha, sigma))`` at time ``t``.
+
+        In eager mode they are memoised as Python floats (``t`` is a CPU float64 grid value, so
+        reading it is no device sync); under ``torch.compile`` they are computed with tensor ops
+        (in ``dtype``) so the sampling loop stays one graph.
         """
         if isinstance(t, float) or (not torch.compiler.is_compiling() and t.device.type == "cpu"):
             key = float(t)
@@ -99,20 +111,12 @@ class Model:
                 if len(self._consts) > 65536:
                     self._consts.clear()
                 self._consts[key] = consts
-            time_value, coefs = consts
-            time_in = torch.full((x.shape[0],), time_value, device=x.device, dtype=x.dtype)
-        else:
-            t = torch.as_tensor(t, dtype=torch.float64)
-            time_raw, coefs = self._constants(t, as_float=False)
-            time_in = time_raw.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
-            coefs = tuple(c.to(x.dtype) if isinstance(c, Tensor) else c for c in coefs)
-        out = self.net(x, time_in, **(cond or {}))
-        if out.shape != x.shape:
-            raise ValueError(f"model output has shape {tuple(out.shape)} but the input has shape {tuple(x.shape)}")
-        return Prediction.affine(x, out, *coefs)
+            return consts
+        time_raw, coefs, (a, s) = self._constants(torch.as_tensor(t, dtype=torch.float64), as_float=False)
+        cast = lambda c: c.to(dtype) if isinstance(c, Tensor) else c  # noqa: E731
+        return time_raw, tuple(cast(c) for c in coefs), (cast(a), cast(s))
 
     def _constants(self, t: Tensor, as_float: bool = True):
-        """Network time input and the affine coefficients of the prediction at time ``t``."""
         a, s = self.schedule.alpha_sigma(t)
         ad = sd = None
         if self.prediction == "velocity":
@@ -120,8 +124,8 @@ class Model:
         coefs = coefficients(self.prediction, a, s, ad, sd)
         time_in = self.time_input(self.schedule, t)
         if as_float:
-            return float(time_in), tuple(float(c) for c in coefs)
-        return time_in, coefs
+            return float(time_in), tuple(float(c) for c in coefs), (float(a), float(s))
+        return time_in, coefs, (a, s)
 
     def denoiser(self, cond: Cond | None = None) -> "ModelDenoiser":
         return ModelDenoiser(self, cond)
