@@ -103,7 +103,7 @@ class Model:
         reading it is no device sync); under ``torch.compile`` they are computed with tensor ops
         (in ``dtype``) so the sampling loop stays one graph.
         """
-        if isinstance(t, float) or (not torch.compiler.is_compiling() and t.device.type == "cpu"):
+        if not torch.compiler.is_compiling() and (isinstance(t, float) or t.device.type == "cpu"):
             key = float(t)
             consts = self._consts.get(key)
             if consts is None:

@@ -77,9 +77,12 @@ class Solver:
 
     # -- capabilities ----------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
-        """The solver's options and their defaults."""
-        sig = inspect.signature(self.plan)
-        return {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        """The solver's options and their defaults (the keyword-only arguments of ``plan``)."""
+        cls = type(self)
+        if "_options" not in cls.__dict__:  # computed once per class
+            sig = inspect.signature(self.plan)
+            cls._options = {p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return dict(cls._options)
 
     def check_options(self, options: dict) -> None:
         valid = self.options()

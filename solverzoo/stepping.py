@@ -26,12 +26,12 @@ FRAMES = ("auto", "ve", "flow")
 
 @dataclass(frozen=True)
 class Table:
-    """alpha, sigma and lambda of the schedule at every grid time, in float64 (numpy)."""
+    """alpha, sigma and lambda of the schedule at every grid time, as Python floats (float64)."""
 
-    t: np.ndarray
-    alpha: np.ndarray
-    sigma: np.ndarray
-    lam: np.ndarray
+    t: list[float]
+    alpha: list[float]
+    sigma: list[float]
+    lam: list[float]
 
     @property
     def n(self) -> int:
@@ -53,9 +53,8 @@ def table(schedule: NoiseSchedule, grid: Tensor) -> Table:
     t = torch.as_tensor(grid, dtype=torch.float64).cpu()
     a, s = schedule.alpha_sigma(t)
     with np.errstate(divide="ignore"):
-        a, s = a.numpy(), s.numpy()
-        lam = np.log(a) - np.log(s)
-    return Table(t.numpy(), a, s, lam)
+        lam = np.log(a.numpy()) - np.log(s.numpy())
+    return Table(t.tolist(), a.tolist(), s.tolist(), lam.tolist())
 
 
 def alpha_sigma_at(schedule: NoiseSchedule, t: float) -> tuple[float, float]:
@@ -82,7 +81,7 @@ def multistep_orders(tab: Table, order: int, lower_order_final: bool = True, fin
             p = 1
         if lower_order_final and n < final_window:
             p = min(p, n - i)
-        while p > 1 and not np.isfinite(tab.lam[i - p + 1]):
+        while p > 1 and not math.isfinite(tab.lam[i - p + 1]):
             p -= 1
         orders.append(p)
     return orders
@@ -130,7 +129,7 @@ def frame_time(frame: str, schedule: NoiseSchedule, s: float) -> float:
 @dataclass(frozen=True)
 class RKStep:
     churn: tuple[float, float] | None  # (x scale, noise std) of EDM's noise injection
-    stages: tuple[tuple[Tensor, float, tuple[float, ...]], ...]  # (t, x coef, coefs of earlier derivatives)
+    stages: tuple[tuple[float, float, tuple[float, ...]], ...]  # (t, x coef, coefs of earlier derivatives)
     out: tuple[float, tuple[float, ...]]  # (x coef, coefs of the stage derivatives)
 
 
@@ -176,11 +175,11 @@ class RungeKutta(Solver):
             c0, u0 = frame_coords(frame, a0, s0)
             c1, u1 = frame_coords(frame, float(tab.alpha[i + 1]), float(tab.sigma[i + 1]))
             H = u1 - u0
-            stages = [(torch.tensor(t_hat, dtype=torch.float64), 1.0, ())]
+            stages = [(t_hat, 1.0, ())]
             for k in range(1, len(b)):
                 tk = frame_time(frame, schedule, u0 + c[k] * H)
                 ck, _ = frame_coords(frame, *alpha_sigma_at(schedule, tk))
-                stages.append((torch.tensor(tk, dtype=torch.float64), ck / c0, tuple(ck * H * a for a in A[k - 1])))
+                stages.append((tk, ck / c0, tuple(ck * H * a for a in A[k - 1])))
             steps.append(RKStep(churn, tuple(stages), (c1 / c0, tuple(c1 * H * w for w in b))))
         return RKPlan(frame, tuple(steps))
 
