@@ -147,6 +147,14 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import run
+
+    record = run(args.artifact, args.overrides)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="solverzoo", description="A plugin-based zoo of diffusion solvers with a benchmark harness.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
     v.set_defaults(fn=cmd_verify)
+    tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/configs/train)")
+    tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow"])
+    tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")
+    tr.set_defaults(fn=cmd_train)
     return p
 
 
