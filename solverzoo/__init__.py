@@ -13,6 +13,7 @@ from .prediction import Prediction
 from .registry import PluginConflictError, PluginError, UnknownComponentError, registry
 from .schedules import NoiseSchedule
 from .solver import Solver
+from . import weights  # noqa: E402
 
 
 def get_solver(name: str) -> Solver:

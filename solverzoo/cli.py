@@ -7,6 +7,7 @@ import json
 import sys
 
 from .registry import KINDS, PluginError, UnknownComponentError, registry
+from .weights import WeightsError
 
 
 def _component_rows() -> list[dict]:
@@ -147,6 +148,31 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    import time
+
+    from .backbones import load_backbone
+    from .generate import generate
+    from .images import save_grid
+
+    t0 = time.perf_counter()
+    bb = load_backbone(args.backbone, args.device)
+    load_s = time.perf_counter() - t0
+    prompts = [args.prompt] * args.n
+    neg = [args.negative_prompt] * args.n if args.negative_prompt is not None else None
+    guidance = None if args.guidance == "none" else args.guidance
+    if neg is not None and guidance == "cfg":
+        guidance = "negative_prompt"
+    out = generate(bb, prompts, solver=args.solver, steps=args.steps, grid=args.grid, guidance=guidance, scale=args.scale,
+                   negative_prompts=neg, seeds=range(args.seed, args.seed + args.n), device=args.device,
+                   solver_options=_parse_options(args.option))
+    path = save_grid(out.images, args.out)
+    print(f"wrote {path}: {args.n} samples of {args.prompt!r} from {bb.name}, solver {args.solver}, {args.steps} steps, "
+          f"guidance {guidance or 'none'}" + (f" scale {args.scale}" if guidance else ""))
+    print(f"NFE per sample: {out.nfe}; wall time {out.wall_s:.2f} s (sampling {out.sampling_s:.2f} s; backbone load {load_s:.2f} s)")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .train import run
 
@@ -176,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
     v.set_defaults(fn=cmd_verify)
+    sp = sub.add_parser("sample", help="sample an image grid from a backbone")
+    sp.add_argument("--backbone", default="shapes-flow", help="registered backbone (see `solverzoo plugins`)")
+    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--negative-prompt", default=None)
+    sp.add_argument("--solver", default="dpmpp_2m")
+    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--grid", default=None, help="time grid (default: the backbone's)")
+    sp.add_argument("--guidance", default="cfg", help="guidance method, or 'none'")
+    sp.add_argument("--scale", type=float, default=4.0)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--n", type=int, default=16)
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
+    sp.add_argument("--out", default="grid.png")
+    sp.set_defaults(fn=cmd_sample)
     tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/configs/train)")
     tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow"])
     tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")
@@ -189,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv[1:]
     try:
         return args.fn(args)
-    except (UnknownComponentError, PluginError, ValueError, TypeError) as exc:
+    except (UnknownComponentError, PluginError, WeightsError, ValueError, TypeError) as exc:
         print(f"solverzoo: error: {exc}", file=sys.stderr)
         return 2
 

@@ -32,9 +32,15 @@ def register_guidance(register):
     """Register guidance factories: callables ``(**options) -> Guidance``."""
 
 
+@hookspec
+def register_backbones(register):
+    """Register backbone factories: callables ``(device="cpu") -> solverzoo.backbones.Backbone``."""
+
+
 HOOKS = {
     "solver": "register_solvers",
     "grid": "register_grids",
     "schedule": "register_schedules",
     "guidance": "register_guidance",
+    "backbone": "register_backbones",
 }

@@ -1,0 +1,34 @@
+"""Image grids as PNG (Pillow)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(x: torch.Tensor, path: str | Path, ncol: int | None = None, scale: int = 4, pad: int = 2) -> Path:
+    """Write images (B, C, H, W) in [-1, 1] as one PNG grid, upscaled ``scale`` times (nearest)."""
+    from PIL import Image
+
+    imgs = to_uint8(x)
+    b, h, w, _ = imgs.shape
+    ncol = ncol or int(np.ceil(np.sqrt(b)))
+    nrow = int(np.ceil(b / ncol))
+    canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i in range(b):
+        r, c = divmod(i, ncol)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = imgs[i]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(canvas)
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    return path
