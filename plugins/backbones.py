@@ -2,6 +2,8 @@
 conditioned on the frozen MiniLM-L6 text encoder (weights shipped in solverzoo/weights)."""
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from solverzoo import Model, hookimpl, registry, weights
@@ -26,8 +28,9 @@ def _shapes(artifact: str, default_grid: str, grid_options: dict, device: str = 
         return vae.from_latent(z.to(device=device, dtype=torch.float32)).clamp(-1, 1)
 
     card = path.with_suffix(".md")
+    wid = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return Backbone(artifact, model, minilm(device=device), (4, 8, 8), decode, default_grid, grid_options, clf,
-                    world="shapes", card=card.read_text() if card.exists() else "")
+                    world="shapes", card=card.read_text() if card.exists() else "", weights_id=wid)
 
 
 def shapes_eps(device: str = "cpu") -> Backbone:
@@ -40,7 +43,18 @@ def shapes_flow(device: str = "cpu") -> Backbone:
     return _shapes("shapes-dit-flow", "flow_shift", {"shift": 2.0}, device)
 
 
+def gmm(device: str = "cpu") -> Backbone:
+    """The analytic class-conditional Gaussian mixture (4-D, 3 classes) with its exact model."""
+    from solverzoo.testbeds import GaussianMixture
+
+    mix = GaussianMixture.default(dim=4, seed=0)
+    model = mix.model(registry.get("schedule", "vp")(), "epsilon")
+    return Backbone("gmm", model, mix.conditioner(), (4,), lambda z: z, "logsnr", {}, None, world="gmm",
+                    weights_id="analytic-seed0", gmm=mix)
+
+
 @hookimpl
 def register_backbones(register):
     register(shapes_eps, name="shapes-eps")
     register(shapes_flow, name="shapes-flow")
+    register(gmm, name="gmm")

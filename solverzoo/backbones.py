@@ -28,6 +28,8 @@ class Backbone:
     classifier: Any = None  # world attribute classifier (prompt accuracy, domain features)
     world: str = ""
     card: str = ""
+    weights_id: str = ""  # hash of the weights: a retrained backbone never reuses old records
+    gmm: Any = None  # the analytic mixture, for the "gmm" backbone
 
     def conds(self, prompts: Sequence, negative_prompts: Sequence | None = None) -> dict:
         return branch_conds(self.conditioner, prompts, negative_prompts)

@@ -8,6 +8,7 @@ import sys
 
 from .registry import KINDS, PluginError, UnknownComponentError, registry
 from .weights import WeightsError
+from .bench.records import ResultsError
 
 
 def _component_rows() -> list[dict]:
@@ -217,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
     sp.add_argument("--out", default="grid.png")
     sp.set_defaults(fn=cmd_sample)
+    sub.add_parser("bench", help="run a benchmark sweep (Hydra app: solverzoo bench [overrides] [-m] [--fail-fast])")
+    rp = sub.add_parser("report", help="write a report (index.md + PNG figures) from a results directory")
+    rp.add_argument("results", help="a results_dir written by `solverzoo bench`")
+    rp.add_argument("--out", default=None, help="output folder (default: RESULTS/report)")
+    rp.set_defaults(fn=cmd_report)
     tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/configs/train)")
     tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow"])
     tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")
@@ -224,13 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cmd_report(args) -> int:
+    from .report import report_main
+
+    path = report_main(args.results, args.out)
+    print(f"report: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] == "bench":  # the Hydra app takes its own command line
+        from .bench.app import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]
     try:
         return args.fn(args)
-    except (UnknownComponentError, PluginError, WeightsError, ValueError, TypeError) as exc:
+    except (UnknownComponentError, PluginError, WeightsError, ResultsError, ValueError, TypeError) as exc:
         print(f"solverzoo: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,168 @@
+"""Pinned metrics: FID / KID through torchmetrics with a named feature extractor, prompt
+accuracy by the world's attribute classifier, CLIP score through torchmetrics, bootstrap
+confidence intervals, and the settings that pin every number."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy import linalg
+from torch import Tensor, nn
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric that does not apply here (skipped with this reason, not a crash)."""
+
+
+@dataclass
+class Extractor:
+    name: str
+    weights_hash: str
+    num_features: int
+    fn: Callable[[Tensor], Tensor]  # images in [-1, 1] -> (B, d) features
+    resize: int | None = None
+    antialias: bool = True
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if self.resize:
+            images = nn.functional.interpolate(images, size=(self.resize, self.resize), mode="bilinear",
+                                               antialias=self.antialias, align_corners=False)
+        with torch.no_grad():
+            return torch.cat([self.fn(images[i:i + 256]) for i in range(0, len(images), 256)]).double()
+
+    def identity(self) -> dict:
+        return {"name": self.name, "weights_sha256": self.weights_hash, "num_features": self.num_features,
+                "resize": self.resize, "antialias": self.antialias}
+
+
+def _sha(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def make_extractor(kind: str, backbone, cfg: dict) -> Extractor:
+    if kind == "domain":
+        if backbone.world == "gmm":
+            return Extractor("identity(gmm coordinates)", "none", int(backbone.latent_shape[0]), lambda x: x.reshape(len(x), -1))
+        clf = backbone.classifier
+        if clf is None:
+            raise MetricUnavailable(f"backbone {backbone.name!r} has no domain classifier; use metrics.feature=inception or clip")
+        return Extractor(f"{backbone.world}-attribute-classifier", _sha(clf), clf.config["feat"], clf.features,
+                         cfg.get("resize"), cfg.get("antialias", True))
+    if kind == "inception":
+        path = cfg.get("inception_weights")
+        if not path or not Path(path).is_file():
+            raise MetricUnavailable(
+                "feature=inception needs the FID Inception weights as a local file: download "
+                "pt_inception-2015-12-05-6726825d.pth (github.com/toshas/torch-fidelity releases) once and set "
+                "metrics.inception_weights=/path/to/it; it also needs `pip install torch-fidelity`")
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except Exception as exc:  # noqa: BLE001
+            raise MetricUnavailable(f"feature=inception needs torch-fidelity: pip install torch-fidelity ({exc})")
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=path)
+        to_uint8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).expand(-1, 3, -1, -1)  # noqa: E731
+        return Extractor("inception-v3-compat pool3", hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16], 2048,
+                         lambda x: net(to_uint8(x)).reshape(len(x), -1), cfg.get("resize") or 299, cfg.get("antialias", True))
+    if kind == "clip":
+        model_id = cfg.get("clip_model")
+        if not model_id:
+            raise MetricUnavailable("feature=clip needs metrics.clip_model=PATH (a local Hugging Face CLIP folder)")
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(model_id, local_files_only=Path(model_id).is_dir()).eval()
+        size = model.config.vision_config.image_size
+        mean = torch.tensor([0.4815, 0.4578, 0.4082])[:, None, None]
+        std = torch.tensor([0.2686, 0.2613, 0.2758])[:, None, None]
+        fn = lambda x: model.get_image_features(pixel_values=(((x + 1) / 2) - mean) / std)  # noqa: E731
+        return Extractor(f"clip:{model_id}", _sha(model), model.config.projection_dim, fn, size, cfg.get("antialias", True))
+    raise MetricUnavailable(f"unknown metrics.feature {kind!r}; expected domain, inception or clip")
+
+
+def frechet(mu1, s1, mu2, s2) -> float:
+    """Frechet distance between two Gaussians, in float64."""
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = covmean.real
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def stats(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+@dataclass
+class Reference:
+    identity: dict
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    features: Tensor | None = None  # None for .npz statistics (no KID)
+    prompts: list = field(default_factory=list)
+
+
+def _identity_module(d: int) -> nn.Module:
+    m = nn.Identity()
+    m.num_features = d
+    return m
+
+
+def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subset: int, seed: int = 0) -> dict:
+    """FID (torchmetrics, float64 statistics) with a bootstrap CI over samples, and KID."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    d = fake.shape[1]
+    fid = FrechetInceptionDistance(feature=_identity_module(d), normalize=True)
+    mu, sig = torch.from_numpy(ref.mu), torch.from_numpy(ref.sigma)
+    fid.real_features_sum = mu * ref.n
+    fid.real_features_cov_sum = sig * (ref.n - 1) + ref.n * torch.outer(mu, mu)
+    fid.real_features_num_samples = torch.tensor(ref.n)
+    fid.update(fake.double(), real=False)
+    out = {"fid": float(fid.compute())}
+    f = fake.numpy()
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(bootstrap):
+        idx = rng.integers(0, len(f), len(f))
+        m, s = stats(f[idx])
+        boots.append(frechet(m, s, ref.mu, ref.sigma))
+    lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if boots else (math.nan, math.nan)
+    out.update(fid_ci_low=float(lo), fid_ci_high=float(hi))
+    if ref.features is not None:
+        sub = min(kid_subset, len(f), len(ref.features))
+        kid = KernelInceptionDistance(feature=_identity_module(d), subsets=50, subset_size=sub, normalize=True)
+        torch.manual_seed(seed)  # KID's subsets are drawn from the global RNG: pin them
+        kid.update(ref.features.double(), real=True)
+        kid.update(fake.double(), real=False)
+        mean, std = kid.compute()
+        out.update(kid=float(mean), kid_std=float(std))
+    else:
+        out.update(kid=math.nan)
+    return out
+
+
+def proportion_ci(hits: np.ndarray, bootstrap: int, ci: float, seed: int = 0) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    p = float(hits.mean())
+    boots = [hits[rng.integers(0, len(hits), len(hits))].mean() for _ in range(bootstrap)]
+    lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if boots else (math.nan, math.nan)
+    return p, float(lo), float(hi)
+
+
+def clip_score(images: Tensor, prompts: list[str], model_id: str) -> dict:
+    """torchmetrics CLIPScore (100 * max(cos, 0), averaged) with a Hugging Face CLIP."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+
+    metric = CLIPScore(model_name_or_path=model_id)
+    imgs = ((images.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+    metric.update(imgs, list(prompts))
+    return {"clip_score": float(metric.compute()), "clip_model": model_id, "clip_scale": "100 * max(cos, 0)"}

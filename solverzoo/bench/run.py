@@ -1,0 +1,257 @@
+"""Running a sweep: expand the cells, load the backbone and the reference statistics once,
+run each missing cell, write its record atomically, then build the table and the report."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..backbones import load_backbone
+from ..generate import generate
+from ..images import save_grid
+from ..registry import registry
+from .metrics import MetricUnavailable, Reference, clip_score, fid_kid, make_extractor, proportion_ci, stats
+from .records import build_table, config_hash, read_record, records_dir, write_record
+
+SEED_STRIDE = 1_000_003
+
+
+class CellFailed(RuntimeError):
+    pass
+
+
+def expand(cfg: dict, backbone) -> list[dict]:
+    """The sweep's cells: seed set x guidance x solver x grid x steps (pinned settings included)."""
+    sw, m = cfg["sweep"], cfg["metrics"]
+    cells = []
+    for seed_set, g, solver, grid, steps in itertools.product(sw["seed_sets"], sw["guidance"], sw["solvers"], sw["grids"], sw["steps"]):
+        grid_name = backbone.default_grid if grid == "default" else grid
+        grid_opts = dict(backbone.default_grid_options) if grid == "default" else {}
+        cells.append({
+            "backbone": backbone.name, "backbone_weights": backbone.weights_id, "solver": solver,
+            "solver_options": dict(sw.get("solver_options", {}).get(solver, {})), "grid": grid_name,
+            "grid_options": grid_opts, "steps": int(steps), "guidance": g["name"], "scale": float(g["scale"]),
+            "n_samples": int(sw["n_samples"]), "seed_set": int(seed_set),
+            "metrics": {k: m[k] for k in ("fid", "kid", "prompt_accuracy", "clip_score", "feature", "reference", "resize",
+                                          "antialias", "bootstrap", "ci", "kid_subset_size", "clip_model", "inception_weights")},
+        })
+    return cells
+
+
+@contextlib.contextmanager
+def timed_net(model):
+    """Accumulate the time spent inside the network's forward (backbone time)."""
+    net, acc = model.net, [0.0]
+
+    def wrapped(*a, **k):
+        t = time.perf_counter()
+        try:
+            return net(*a, **k)
+        finally:
+            acc[0] += time.perf_counter() - t
+    model.net = wrapped
+    try:
+        yield acc
+    finally:
+        model.net = net
+
+
+# -- the reference set ----------------------------------------------------------------------
+def _load_folder(path: str, shape) -> torch.Tensor:
+    from PIL import Image
+
+    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp")) if Path(path).is_dir() else []
+    if not files:
+        raise MetricUnavailable(f"reference folder {path!r} holds no images (.png, .jpg, .jpeg, .bmp, .webp)")
+    c, h, w = shape
+    imgs = []
+    for f in files:
+        im = Image.open(f).convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
+        a = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
+        imgs.append(a.permute(2, 0, 1) if a.ndim == 3 else a[None])
+    return torch.stack(imgs)
+
+
+def load_reference(bb, mcfg: dict, extractor, cache_dir: Path) -> Reference:
+    rc = mcfg["reference"]
+    ident = {"kind": rc["kind"], "world": bb.world, "seed": rc["seed"], "n": rc["n"], "path": rc.get("path"),
+             "extractor": extractor.identity() if extractor else None}
+    key = config_hash(ident)
+    prompts: list
+    if bb.world == "gmm":
+        g = torch.Generator().manual_seed(int(rc["seed"]))
+        labels = torch.randint(0, bb.gmm.num_classes, (int(rc["n"]),), generator=g)
+        prompts = labels.tolist()
+        real = torch.cat([bb.gmm.sample(1, g, label=torch.tensor([lab])) for lab in prompts]).float()
+    else:
+        from ..worlds import ShapesWorld
+
+        imgs, prompts, _ = ShapesWorld(int(rc["seed"])).batch(0, int(rc["n"]))
+        real = torch.from_numpy(imgs)
+    if extractor is None:
+        return Reference(ident, np.zeros(1), np.zeros((1, 1)), 0, None, prompts)
+    cache = cache_dir / f"reference-{key}.safetensors"
+    if rc["kind"] == "npz":
+        if not rc.get("path") or not Path(rc["path"]).is_file():
+            raise MetricUnavailable(f"reference npz {rc.get('path')!r} does not exist")
+        z = np.load(rc["path"])
+        return Reference(ident, z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z.get("n", 10000)), None, prompts)
+    if cache.is_file():
+        from safetensors.torch import load_file
+
+        feats = load_file(str(cache))["features"]
+    else:
+        if rc["kind"] == "folder":
+            real = _load_folder(rc.get("path") or "", tuple(real.shape[1:]))
+        feats = extractor(real)
+        from safetensors.torch import save_file
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"features": feats.contiguous()}, str(tmp))
+        os.replace(tmp, cache)
+    mu, sig = stats(feats.numpy())
+    return Reference(ident, mu, sig, len(feats), feats, prompts)
+
+
+# -- one cell -------------------------------------------------------------------------------
+def _dist():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+        return dist, dist.get_rank(), dist.get_world_size()
+    return None, 0, 1
+
+
+def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: Path) -> dict:
+    t0 = time.perf_counter()
+    dist, rank, world = _dist()
+    n = cell["n_samples"]
+    idx = list(range(rank, n, world))  # sample i is the same whatever the number of ranks
+    prompts = [ref.prompts[i % len(ref.prompts)] for i in idx]
+    seeds = [cell["seed_set"] * SEED_STRIDE + i for i in idx]
+    guidance = None if cell["guidance"] == "none" else cell["guidance"]
+    with timed_net(bb.model) as backbone_s:
+        gen = generate(bb, prompts, solver=cell["solver"], steps=cell["steps"], grid=cell["grid"],
+                       grid_options=cell["grid_options"], guidance=guidance, scale=cell["scale"], seeds=seeds,
+                       device=cfg["device"], solver_options=cell["solver_options"], batch_size=cfg["batch_size"])
+    if not torch.isfinite(gen.latents).all():
+        raise CellFailed("the samples contain NaN/inf")
+    t_feat = time.perf_counter()
+    m = cell["metrics"]
+    feats = extractor(gen.images) if extractor is not None else None
+    hits = _prompt_hits(bb, gen.images, gen.latents, prompts) if m["prompt_accuracy"] else None
+    if dist is not None:  # gather every rank's samples' features and hits, in sample order
+        parts = [None] * world
+        dist.all_gather_object(parts, (idx, feats, hits))
+        order = np.argsort(np.concatenate([p[0] for p in parts]))
+        feats = torch.cat([p[1] for p in parts])[order] if feats is not None else None
+        hits = np.concatenate([p[2] for p in parts])[order] if hits is not None else None
+    feat_s = time.perf_counter() - t_feat
+    rec = dict(cell)
+    rec.update(config_hash=config_hash(cell), nfe=gen.nfe, status="ok", error=None, warnings=[],
+               fid=math.nan, fid_ci_low=math.nan, fid_ci_high=math.nan, kid=math.nan, clip_score=math.nan,
+               prompt_accuracy=math.nan, ranks=world, solverzoo=__version__, torch=torch.__version__)
+    t_metric = time.perf_counter()
+    if feats is not None and m["fid"]:
+        if n < 2 * feats.shape[1]:
+            rec["warnings"].append(f"N={n} is below 2 x feature dim ({2 * feats.shape[1]}): FID is biased upward and "
+                                   "its covariance is rank-deficient; compare only at equal N")
+        rec.update(fid_kid(feats, ref, bootstrap=m["bootstrap"], ci=m["ci"], kid_subset=m["kid_subset_size"],
+                           seed=cell["seed_set"]))
+        rec["feature"] = extractor.identity()
+        rec["reference"] = ref.identity
+    if hits is not None:
+        p, lo, hi = proportion_ci(hits, m["bootstrap"], m["ci"], seed=cell["seed_set"])
+        rec.update(prompt_accuracy=p, prompt_accuracy_ci_low=lo, prompt_accuracy_ci_high=hi)
+    if m["clip_score"]:
+        if m.get("clip_model") and bb.world != "gmm":
+            rec.update(clip_score(gen.images, prompts, m["clip_model"]))
+        else:
+            rec["warnings"].append("clip_score skipped: no CLIP model configured for this backbone "
+                                   "(set metrics.clip_model=PATH to a Hugging Face CLIP)" if bb.world != "gmm" else
+                                   "clip_score does not apply to the Gaussian-mixture backbone")
+    metric_s = time.perf_counter() - t_metric
+    wall = time.perf_counter() - t0
+    rec.update(wall_s=wall, sampling_s=gen.sampling_s, backbone_s=backbone_s[0], solver_s=gen.sampling_s - backbone_s[0],
+               decode_s=gen.wall_s - gen.sampling_s, metric_s=metric_s + feat_s,
+               harness_s=max(wall - gen.wall_s - feat_s - metric_s, 0.0) + metric_s)
+    if rank == 0 and gen.images.ndim == 4:
+        save_grid(gen.images[:8], results_dir / "samples" / f"{rec['config_hash']}.png", ncol=8, scale=2)
+    return rec
+
+
+def _prompt_hits(bb, images, latents, prompts) -> np.ndarray:
+    if bb.world == "gmm":
+        comp = bb.gmm.component(latents)
+        return (bb.gmm.labels[comp] == torch.as_tensor(prompts)).numpy().astype(np.float64)
+    if bb.classifier is None:
+        raise MetricUnavailable(f"backbone {bb.name!r} has no attribute classifier for prompt accuracy")
+    from ..nets.classifier import matches
+    from ..worlds import parse_caption
+
+    pred = bb.classifier.predict(images)
+    return np.array([matches(parse_caption(c), p) for c, p in zip(prompts, pred)], dtype=np.float64)
+
+
+# -- the sweep ------------------------------------------------------------------------------
+def run_sweep(cfg: dict) -> tuple[Path, Path]:
+    from tqdm import tqdm
+
+    from ..report import write_report
+
+    results_dir = Path(cfg["results_dir"])
+    _, rank, _ = _dist()
+    bb = load_backbone(cfg["backbone"]["name"], cfg["device"])
+    cells = expand(cfg, bb)
+    mcfg = cfg["metrics"]
+    try:
+        extractor = make_extractor(mcfg["feature"], bb, mcfg) if (mcfg["fid"] or mcfg["kid"]) else None
+    except MetricUnavailable as exc:
+        print(f"solverzoo: FID/KID skipped: {exc}", file=sys.stderr)
+        extractor = None
+    ref = load_reference(bb, mcfg, extractor, results_dir.parent / "cache")
+    todo = []
+    for c in cells:
+        p = records_dir(results_dir) / f"{config_hash(c)}.json"
+        rec = read_record(p) if p.exists() else None
+        if rec is None or (rec["status"] != "ok" and cfg.get("retry_failed", True)):
+            todo.append(c)
+    if rank == 0:
+        print(f"sweep {cfg['sweep']['name']} on {bb.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, "
+              f"{len(todo)} to run -> {results_dir}", flush=True)
+    bar = tqdm(todo, desc="sweep", unit="cell", disable=not cfg.get("progress", True) or rank != 0, file=sys.stderr)
+    for cell in bar:
+        label = f"{cell['solver']} {cell['grid']} {cell['steps']} steps {cell['guidance']} {cell['scale']:g} seeds {cell['seed_set']}"
+        try:
+            rec = run_cell(cell, bb, ref, extractor, cfg, results_dir)
+        except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, not fatal
+            if cfg.get("fail_fast"):
+                raise
+            rec = dict(cell, config_hash=config_hash(cell), status="failed", nfe=None, wall_s=None,
+                       error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc(limit=5), warnings=[])
+        if rank == 0:
+            write_record(results_dir, rec)
+            if rec["status"] == "ok":
+                tqdm.write(f"  done {label}: NFE {rec['nfe']}, FID {rec['fid']:.3f} [{rec['fid_ci_low']:.3f}, "
+                           f"{rec['fid_ci_high']:.3f}], prompt acc {rec['prompt_accuracy']:.3f}, {rec['wall_s']:.1f} s",
+                           file=sys.stderr)
+            else:
+                tqdm.write(f"  FAILED {label}: {rec['error']}", file=sys.stderr)
+    if rank != 0:
+        return results_dir, Path(cfg["report_dir"])
+    build_table(results_dir)
+    report = write_report(results_dir, cfg["report_dir"])
+    table = results_dir / "results.parquet"
+    return table, report
