@@ -121,7 +121,9 @@ def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subs
     from torchmetrics.image.kid import KernelInceptionDistance
 
     d = fake.shape[1]
-    fid = FrechetInceptionDistance(feature=_identity_module(d), normalize=True)
+    # features arrive already gathered from every rank (run.py), so torchmetrics must not sum
+    # its states across processes again
+    fid = FrechetInceptionDistance(feature=_identity_module(d), normalize=True, sync_on_compute=False)
     mu, sig = torch.from_numpy(ref.mu), torch.from_numpy(ref.sigma)
     fid.real_features_sum = mu * ref.n
     fid.real_features_cov_sum = sig * (ref.n - 1) + ref.n * torch.outer(mu, mu)
@@ -139,7 +141,8 @@ def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subs
     out.update(fid_ci_low=float(lo), fid_ci_high=float(hi))
     if ref.features is not None:
         sub = min(kid_subset, len(f), len(ref.features))
-        kid = KernelInceptionDistance(feature=_identity_module(d), subsets=50, subset_size=sub, normalize=True)
+        kid = KernelInceptionDistance(feature=_identity_module(d), subsets=50, subset_size=sub, normalize=True,
+                                      sync_on_compute=False)
         torch.manual_seed(seed)  # KID's subsets are drawn from the global RNG: pin them
         kid.update(ref.features.double(), real=True)
         kid.update(fake.double(), real=False)

@@ -150,7 +150,7 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
         raise CellFailed("the samples contain NaN/inf")
     t_feat = time.perf_counter()
     m = cell["metrics"]
-    feats = extractor(gen.images) if extractor is not None else None
+    feats = extractor(gen.images) if extractor is not None and (m["fid"] or m["kid"]) else None
     hits = _prompt_hits(bb, gen.images, gen.latents, prompts) if m["prompt_accuracy"] else None
     if dist is not None:  # gather every rank's samples' features and hits, in sample order
         parts = [None] * world
@@ -164,6 +164,8 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
                fid=math.nan, fid_ci_low=math.nan, fid_ci_high=math.nan, kid=math.nan, clip_score=math.nan,
                prompt_accuracy=math.nan, ranks=world, solverzoo=__version__, torch=torch.__version__)
     t_metric = time.perf_counter()
+    if feats is None and (m["fid"] or m["kid"]):
+        rec["warnings"].append("fid/kid skipped: " + ref.identity.get("skipped", "no feature extractor for this backbone"))
     if feats is not None and m["fid"]:
         if n < 2 * feats.shape[1]:
             rec["warnings"].append(f"N={n} is below 2 x feature dim ({2 * feats.shape[1]}): FID is biased upward and "
@@ -221,7 +223,15 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
     except MetricUnavailable as exc:
         print(f"solverzoo: FID/KID skipped: {exc}", file=sys.stderr)
         extractor = None
-    ref = load_reference(bb, mcfg, extractor, results_dir.parent / "cache")
+    try:
+        ref = load_reference(bb, mcfg, extractor, results_dir.parent / "cache")
+    except MetricUnavailable as exc:  # e.g. an empty reference folder: FID / KID skipped, stated in every row
+        print(f"solverzoo: FID/KID skipped: {exc}", file=sys.stderr)
+        extractor = None
+        ref = load_reference(bb, {**mcfg, "reference": {**mcfg["reference"], "kind": "world"}}, None, results_dir.parent / "cache")
+        ref.identity["skipped"] = str(exc)
+    for stale in records_dir(results_dir).glob(".*.tmp") if records_dir(results_dir).is_dir() else []:
+        stale.unlink()  # a record being written when a previous run was killed: never a partial record
     todo = []
     for c in cells:
         p = records_dir(results_dir) / f"{config_hash(c)}.json"

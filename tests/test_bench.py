@@ -1,0 +1,149 @@
+"""The benchmark harness end to end on the fast analytic backbone (the shapes backbones are
+exercised by test_shipped_backbones.py): sweeps, resume, SIGKILL safety, failures, launchers,
+2-process evaluation, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from solverzoo.bench.metrics import frechet, stats
+from solverzoo.bench.records import COLUMNS
+
+QUICK = ["backbone=gmm", "sweep=quick", "metrics.bootstrap=20", "progress=false"]
+
+
+def bench(*args, cwd=None, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "solverzoo.cli", "bench", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def test_quick_sweep_writes_table_and_report(tmp_path):
+    out = bench(*QUICK, f"results_dir={tmp_path}/r")
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-2:]
+    assert last[0] == f"table: {tmp_path}/r/results.parquet" and last[1] == f"report: {tmp_path}/r/report/index.md"
+    df = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    assert set(COLUMNS) <= set(df.columns) and len(df) == 4 and (df.status == "ok").all()
+    assert sorted(df.nfe) == [8, 8, 16, 16]  # CFG: 2 evaluations per step
+    assert df.fid.notna().all() and (df.fid_ci_low <= df.fid_ci_high).all() and df.clip_score.isna().all()
+    assert (tmp_path / "r" / "results.csv").exists()
+    for f in ("index.md", "nfe_vs_fid.png", "nfe_vs_prompt_accuracy.png", "tradeoff.png"):
+        assert (tmp_path / "r" / "report" / f).exists(), f
+    # more steps -> closer to the data for the same solver (common random numbers)
+    e = df[df.solver == "euler"].sort_values("steps")
+    assert e.fid.iloc[1] < e.fid.iloc[0]
+    # re-running skips every finished cell and leaves the records untouched
+    recs = sorted((tmp_path / "r" / "records").glob("*.json"))
+    mtimes = [p.stat().st_mtime_ns for p in recs]
+    again = bench(*QUICK, f"results_dir={tmp_path}/r")
+    assert "4 already done, 0 to run" in again.stdout
+    assert [p.stat().st_mtime_ns for p in recs] == mtimes
+
+
+def test_sigkill_mid_sweep_then_resume(tmp_path):
+    args = ["backbone=gmm", "sweep=quick", "sweep.steps=[3,5,7,9,11,13,15,17,19,21,23,25]", "sweep.n_samples=400",
+            "metrics.bootstrap=200", "progress=false", f"results_dir={tmp_path}/r"]
+    proc = subprocess.Popen([sys.executable, "-m", "solverzoo.cli", "bench", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    rec_dir = tmp_path / "r" / "records"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(rec_dir.glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(rec_dir.glob("*.json")))
+    assert 3 <= done < 24, "the kill should land mid-sweep"
+    out = bench(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{done} already done" in out.stdout
+    recs = list(rec_dir.glob("*.json"))
+    assert len(recs) == 24 and not list(rec_dir.glob(".*"))  # every cell exactly once, no partial file
+    for p in recs:
+        rec = json.loads(p.read_text())
+        assert rec["status"] == "ok" and rec["config_hash"] == p.stem
+
+
+def test_failed_cell_is_recorded_and_fail_fast_stops(tmp_path):
+    out = bench(*QUICK, "sweep.solvers=[euler,no_such_solver]", f"results_dir={tmp_path}/r")
+    assert out.returncode == 0, out.stderr[-2000:]
+    df = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    bad = df[df.solver == "no_such_solver"]
+    assert len(bad) == 2 and (bad.status == "failed").all() and bad.error.str.contains("unknown solver").all()
+    assert (df[df.solver == "euler"].status == "ok").all()
+    assert "Failed cells" in (tmp_path / "r" / "report" / "index.md").read_text()
+    ff = bench(*QUICK, "sweep.solvers=[no_such_solver]", "--fail-fast", f"results_dir={tmp_path}/ff")
+    assert ff.returncode != 0 and "unknown solver 'no_such_solver'" in ff.stderr
+
+
+def test_corrupt_record_is_reported_and_recomputed(tmp_path):
+    assert bench(*QUICK, f"results_dir={tmp_path}/r").returncode == 0
+    victim = sorted((tmp_path / "r" / "records").glob("*.json"))[0]
+    victim.write_text("{not json")
+    out = bench(*QUICK, f"results_dir={tmp_path}/r")
+    assert f"corrupt record {victim}" in out.stdout and "3 already done, 1 to run" in out.stdout
+    assert json.loads(victim.read_text())["status"] == "ok"
+
+
+def test_unknown_config_option_lists_the_valid_ones():
+    out = bench("sweep=nope")
+    assert out.returncode != 0 and "Could not find 'sweep/nope'" in out.stderr and "quick" in out.stderr
+
+
+def test_report_on_a_directory_that_is_not_results(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "solverzoo.cli", "report", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "is not a solverzoo results directory" in out.stderr
+
+
+def test_empty_reference_folder_skips_fid_with_a_reason(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = bench(*QUICK, "metrics.reference.kind=folder", f"metrics.reference.path={tmp_path}/empty", f"results_dir={tmp_path}/r")
+    assert out.returncode == 0, out.stderr[-2000:]
+    df = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    assert df.fid.isna().all() and df.prompt_accuracy.notna().all()
+    assert df.warnings.str.contains("holds no images").all()
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_multirun_launchers(tmp_path, launcher):
+    pytest.importorskip({"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher"}[launcher])
+    out = bench("-m", f"hydra/launcher={launcher}", *QUICK, "sweep.steps=[4],[8]", f"results_dir={tmp_path}/r",
+                f"hydra.sweep.dir={tmp_path}/multirun", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    assert sorted(df.steps) == [4, 4, 8, 8] and (df.status == "ok").all()
+
+
+def test_two_processes_give_the_same_fid(tmp_path):
+    common = [*QUICK, "sweep.solvers=[dpmpp_2m]", "sweep.steps=[6]", "sweep.n_samples=64"]
+    one = bench(*common, f"results_dir={tmp_path}/one")
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          "-m", "solverzoo.bench.app", *common, f"results_dir={tmp_path}/two"],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (pd.read_parquet(tmp_path / d / "results.parquet") for d in ("one", "two"))
+    rec_b = json.loads(next((tmp_path / "two" / "records").glob("*.json")).read_text())
+    assert rec_b["ranks"] == 2
+    for col in ("fid", "fid_ci_low", "fid_ci_high", "kid", "prompt_accuracy"):
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-6, err_msg=col)
+
+
+def test_frechet_matches_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from solverzoo.bench.metrics import _identity_module
+
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(300, 6)), g.normal(loc=0.3, size=(200, 6)) * 1.2
+    fid = FrechetInceptionDistance(feature=_identity_module(6), normalize=True)
+    fid.update(torch.from_numpy(x), real=True)
+    fid.update(torch.from_numpy(y), real=False)
+    assert abs(float(fid.compute()) - frechet(*stats(x), *stats(y))) < 1e-6
