@@ -11,7 +11,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import Tensor, nn
 
 
@@ -87,12 +86,19 @@ def make_extractor(kind: str, backbone, cfg: dict) -> Extractor:
     raise MetricUnavailable(f"unknown metrics.feature {kind!r}; expected domain, inception or clip")
 
 
-def frechet(mu1, s1, mu2, s2) -> float:
-    """Frechet distance between two Gaussians, in float64."""
+def psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet(mu1, s1, mu2, s2, s2_sqrt: np.ndarray | None = None) -> float:
+    """Frechet distance between two Gaussians, in float64:
+    ``|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr sqrt(s2^1/2 s1 s2^1/2)`` (the symmetric form of
+    ``tr sqrt(s1 s2)``; pass ``s2_sqrt`` to reuse it across bootstrap resamples)."""
+    h = psd_sqrt(s2) if s2_sqrt is None else s2_sqrt
+    ev = np.linalg.eigvalsh(h @ s1 @ h)
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = covmean.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(ev, 0, None)).sum())
 
 
 def stats(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,11 +138,7 @@ def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subs
     out = {"fid": float(fid.compute())}
     f = fake.numpy()
     rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(bootstrap):
-        idx = rng.integers(0, len(f), len(f))
-        m, s = stats(f[idx])
-        boots.append(frechet(m, s, ref.mu, ref.sigma))
+    boots = bootstrap_fid(f, ref, bootstrap, rng)
     lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if boots else (math.nan, math.nan)
     out.update(fid_ci_low=float(lo), fid_ci_high=float(hi))
     if ref.features is not None:
@@ -150,6 +152,28 @@ def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subs
         out.update(kid=float(mean), kid_std=float(std))
     else:
         out.update(kid=math.nan)
+    return out
+
+
+def bootstrap_fid(f: np.ndarray, ref: Reference, reps: int, rng: np.random.Generator) -> list[float]:
+    """FID of ``reps`` resamples (with replacement) of the features ``f`` against ``ref``.
+
+    With centred resample X (n x d) and H = sqrt(S_ref), tr sqrt(H S H) is the sum of the square
+    roots of the eigenvalues of (XH)(XH)^T / (n - 1) when n < d (an n x n problem), else of
+    (XH)^T (XH) / (n - 1); tr S = |X|^2 / (n - 1). Same value as :func:`frechet`, much cheaper."""
+    h = psd_sqrt(ref.sigma)
+    n = len(f)
+    tr_ref = float(np.trace(ref.sigma))
+    out = []
+    for _ in range(reps):
+        x = f[rng.integers(0, n, n)]
+        mu = x.mean(0)
+        xc = (x - mu) @ h
+        gram = (xc @ xc.T) if n < x.shape[1] else (xc.T @ xc)
+        ev = np.linalg.eigvalsh(gram / (n - 1))
+        diff = mu - ref.mu
+        tr_s = float(((x - mu) ** 2).sum()) / (n - 1)
+        out.append(float(diff @ diff + tr_s + tr_ref - 2 * np.sqrt(np.clip(ev, 0, None)).sum()))
     return out
 
 
