@@ -215,6 +215,8 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
 
     results_dir = Path(cfg["results_dir"])
     _, rank, _ = _dist()
+    import torchmetrics.image.fid  # noqa: F401  one-off imports here, not inside the first timed cell
+    import torchmetrics.image.kid  # noqa: F401
     bb = load_backbone(cfg["backbone"]["name"], cfg["device"])
     cells = expand(cfg, bb)
     mcfg = cfg["metrics"]
