@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 from solverzoo import Model, hookimpl, registry, weights
@@ -43,6 +44,46 @@ def shapes_flow(device: str = "cpu") -> Backbone:
     return _shapes("shapes-dit-flow", "flow_shift", {"shift": 2.0}, device)
 
 
+class DigitsConditioner:
+    """Prompts ``"a handwritten 7"`` (or the integer 7) to class labels; the null label is -1."""
+
+    def __init__(self):
+        from solverzoo.testbeds import LabelConditioner
+
+        self._labels = LabelConditioner(10)
+
+    @staticmethod
+    def label(prompt) -> int:
+        if isinstance(prompt, (int, np.integer)):
+            return int(prompt)
+        digits = [int(ch) for ch in str(prompt) if ch.isdigit()]
+        if len(digits) != 1:
+            raise ValueError(f"digits prompt {prompt!r} must name one digit 0-9, like 'a handwritten 7'")
+        return digits[0]
+
+    def encode(self, prompts):
+        return self._labels.encode([self.label(p) for p in prompts])
+
+    def null(self, batch):
+        return self._labels.null(batch)
+
+
+def digits(device: str = "cpu") -> Backbone:
+    """Pixel-space class-conditional DiT (epsilon, cosine DDPM) on scikit-learn's handwritten digits."""
+    from solverzoo.nets import DigitClassifier
+
+    path = weights.resolve("digits-dit")
+    cfg = weights.read_meta(path)["config"]
+    net = weights.load_into(DiT(**cfg["net"]), path).to(device)
+    clf = weights.load_into(DigitClassifier(), "digits-classifier").to(device)
+    sched = registry.get("schedule", cfg["schedule"]["name"])(**{k: v for k, v in cfg["schedule"].items() if k != "name"})
+    model = Model(net, cfg["prediction"], sched, time_input=cfg["time_input"])
+    card = path.with_suffix(".md")
+    return Backbone("digits", model, DigitsConditioner(), (1, 16, 16), lambda z: z.float().clamp(-1, 1), "trailing", {},
+                    clf, world="digits", card=card.read_text() if card.exists() else "",
+                    weights_id=hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+
+
 def gmm(device: str = "cpu") -> Backbone:
     """The analytic class-conditional Gaussian mixture (4-D, 3 classes) with its exact model."""
     from solverzoo.testbeds import GaussianMixture
@@ -58,3 +99,4 @@ def register_backbones(register):
     register(shapes_eps, name="shapes-eps")
     register(shapes_flow, name="shapes-flow")
     register(gmm, name="gmm")
+    register(digits, name="digits")

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output folder (default: RESULTS/report)")
     rp.set_defaults(fn=cmd_report)
     tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/configs/train)")
-    tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow"])
+    tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow", "digits_classifier", "digits_dit", "clip"])
     tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")
     tr.set_defaults(fn=cmd_train)
     return p

@@ -39,7 +39,7 @@ def check_needs(bb: Backbone, solver, grid: Tensor) -> None:
 def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps: int = 20, grid: str | None = None,
              grid_options: dict | None = None, guidance: str | None = "cfg", scale: float = 4.0,
              negative_prompts: Sequence | None = None, seeds: Sequence[int] | None = None, device: str = "cpu",
-             solver_options: dict | None = None, batch_size: int = 64) -> Generated:
+             solver_options: dict | None = None, batch_size: int = 64, progress: bool = False) -> Generated:
     """Sample one image per prompt with per-sample seeds (``seeds[i]`` for image i)."""
     t0 = time.perf_counter()
     solver_obj = registry.get("solver", solver)
@@ -51,7 +51,14 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
     outs, nfe, samp = [], 0, 0.0
-    for i in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="cell", unit="batch", leave=False, file=sys.stderr)
+    for i in starts:
         p = list(prompts[i:i + batch_size])
         s = seeds[i:i + batch_size]
         neg = None if negative_prompts is None else list(negative_prompts[i:i + batch_size])

@@ -92,7 +92,7 @@ def train_classifier(cfg: dict, out_dir=None) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        hist.append(float(loss))
+        hist.append(float(loss.detach()))
         if step % 250 == 0:
             _log(f"classifier step {step} loss {float(loss):.4f}")
     clf.eval()
@@ -164,7 +164,7 @@ def train_dit(cfg: dict, out_dir=None) -> dict:
             d = min(cfg["ema"], (1 + step) / (10 + step))
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1 - d)
-        hist.append(float(loss))
+        hist.append(float(loss.detach()))
         if step % 250 == 0:
             _log(f"dit step {step} loss {np.mean(hist[-50:]):.4f} ({time.time() - t0:.0f}s)")
     record = {"final_loss": float(np.mean(hist[-200:])), "wall_s": time.time() - t0, "n_captions": len(uniq)}
@@ -196,7 +196,119 @@ def model_card(cfg: dict, record: dict, meta: dict, evaluation: dict | None = No
     return "\n".join(lines)
 
 
-TRAINERS = {"vae": train_vae, "classifier": train_classifier, "dit": train_dit}
+def train_digits_classifier(cfg: dict, out_dir=None) -> dict:
+    from .nets import DigitClassifier
+    from .worlds import DigitsWorld
+
+    torch.manual_seed(cfg["seed"])
+    g = torch.Generator().manual_seed(cfg["seed"])
+    d = DigitsWorld()
+    n_train = len(d) - cfg["holdout"]
+    x_all, y_all = torch.from_numpy(d.images), torch.from_numpy(d.labels)
+    clf = DigitClassifier(**cfg["net"])
+    opt = torch.optim.AdamW(clf.parameters(), lr=cfg["lr"], weight_decay=1e-4)
+    t0, hist = time.time(), []
+    for step in range(cfg["steps"]):
+        idx = torch.randint(0, n_train, (cfg["batch"],), generator=g)
+        x = x_all[idx] + 0.1 * torch.randn((cfg["batch"], 1, 16, 16), generator=g)
+        shift = torch.randint(-1, 2, (2,), generator=g).tolist()
+        x = torch.roll(x, shifts=shift, dims=(2, 3))  # small translations
+        loss = F.cross_entropy(clf(x), y_all[idx])
+        for grp in opt.param_groups:
+            grp["lr"] = cfg["lr"] * 0.5 * (1 + math.cos(math.pi * step / cfg["steps"]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist.append(float(loss.detach()))
+        if step % 250 == 0:
+            _log(f"digits classifier step {step} loss {hist[-1]:.4f}")
+    clf.eval()
+    with torch.no_grad():
+        acc = float((clf(x_all[n_train:]).argmax(-1) == y_all[n_train:]).float().mean())
+    record = {"final_loss": float(np.mean(hist[-100:])), "heldout_accuracy": acc, "heldout_n": cfg["holdout"],
+              "wall_s": time.time() - t0}
+    _finish(clf, cfg, record, out_dir, half=False)
+    return record
+
+
+def train_digits_dit(cfg: dict, out_dir=None) -> dict:
+    from . import registry
+    from .model import TIME_INPUTS
+    from .prediction import Prediction, to_output
+    from .worlds import DigitsWorld
+
+    torch.manual_seed(cfg["seed"])
+    g = torch.Generator().manual_seed(cfg["seed"])
+    t0 = time.time()
+    d = DigitsWorld()
+    n_train = len(d) - cfg["holdout"]
+    x_all, y_all = torch.from_numpy(d.images[:n_train]), torch.from_numpy(d.labels[:n_train])
+    sched = registry.get("schedule", cfg["schedule"]["name"])(**{k: v for k, v in cfg["schedule"].items() if k != "name"})
+    time_in = TIME_INPUTS[cfg["time_input"]]
+    net = DiT(**cfg["net"])
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    hist = []
+    for step in range(cfg["steps"]):
+        idx = torch.randint(0, n_train, (cfg["batch"],), generator=g)
+        x0, label = x_all[idx], y_all[idx].clone()
+        label[torch.rand(cfg["batch"], generator=g) < cfg["cond_dropout"]] = -1
+        eps = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.discrete_steps, (cfg["batch"],), generator=g).double()
+        a, s = (v.float()[:, None, None, None] for v in sched.alpha_sigma(t))
+        target = to_output(cfg["prediction"], Prediction(x0, eps), a, s)
+        loss = F.mse_loss(net(a * x0 + s * eps, time_in(sched, t).float(), label=label), target)
+        for grp in opt.param_groups:
+            grp["lr"] = cfg["lr"] * min(1.0, (step + 1) / 200)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            dk = min(cfg["ema"], (1 + step) / (10 + step))
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1 - dk)
+        hist.append(float(loss.detach()))
+        if step % 250 == 0:
+            _log(f"digits dit step {step} loss {np.mean(hist[-50:]):.4f} ({time.time() - t0:.0f}s)")
+    record = {"final_loss": float(np.mean(hist[-200:])), "wall_s": time.time() - t0, "n_train": n_train}
+    _finish(ema, cfg, record, out_dir, half=True)
+    return record
+
+
+def train_clip(cfg: dict, out_dir=None) -> dict:
+    from .nets.clip import SmallCLIP, tokenize
+
+    torch.manual_seed(cfg["seed"])
+    world = ShapesWorld(cfg["data_seed"])
+    clip = SmallCLIP(**cfg["net"])
+    opt = torch.optim.AdamW(clip.parameters(), lr=cfg["lr"], weight_decay=1e-4)
+    t0, hist = time.time(), []
+    for step in range(cfg["steps"]):
+        x, caps, _ = world.batch(step * cfg["batch"], cfg["batch"])
+        ids, mask = tokenize(caps, cfg["net"]["max_length"])
+        loss = clip.loss(torch.from_numpy(x), ids, mask)
+        for grp in opt.param_groups:
+            grp["lr"] = cfg["lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg["steps"]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        hist.append(float(loss.detach()))
+        if step % 250 == 0:
+            _log(f"clip step {step} loss {hist[-1]:.4f}")
+    clip.eval()
+    x, caps, _ = ShapesWorld(cfg["eval_seed"]).batch(0, 256)
+    with torch.no_grad():
+        a = F.normalize(clip.get_image_features(torch.from_numpy(x)), dim=-1)
+        b = F.normalize(clip.get_text_features(*tokenize(caps, cfg["net"]["max_length"])), dim=-1)
+        top1 = float(((a @ b.T).argmax(1) == torch.arange(len(a))).float().mean())
+    record = {"final_loss": float(np.mean(hist[-100:])), "heldout_image_to_text_top1_of_256": top1, "wall_s": time.time() - t0}
+    _finish(clip, cfg, record, out_dir, half=False)
+    return record
+
+
+TRAINERS = {"clip": train_clip, "vae": train_vae, "classifier": train_classifier, "dit": train_dit,
+            "digits_classifier": train_digits_classifier, "digits_dit": train_digits_dit}
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> dict:

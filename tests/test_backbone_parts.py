@@ -105,5 +105,5 @@ def test_long_prompt_is_truncated_with_a_warning_keeping_the_end_token(minilm):
 
 
 def test_unknown_backbone_lists_the_shipped_ones():
-    with pytest.raises(sz.UnknownComponentError, match="Registered backbones: gmm, shapes-eps, shapes-flow"):
+    with pytest.raises(sz.UnknownComponentError, match="Registered backbones: digits, gmm, shapes-eps, shapes-flow"):
         sz.registry.get("backbone", "shapes-xl")

@@ -3,6 +3,7 @@ accuracy by the world's attribute classifier, CLIP score through torchmetrics, b
 confidence intervals, and the settings that pin every number."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ def make_extractor(kind: str, backbone, cfg: dict) -> Extractor:
         clf = backbone.classifier
         if clf is None:
             raise MetricUnavailable(f"backbone {backbone.name!r} has no domain classifier; use metrics.feature=inception or clip")
-        return Extractor(f"{backbone.world}-attribute-classifier", _sha(clf), clf.config["feat"], clf.features,
+        kind_name = "digit-classifier" if backbone.world == "digits" else "attribute-classifier"
+        return Extractor(f"{backbone.world}-{kind_name}", _sha(clf), clf.config["feat"], clf.features,
                          cfg.get("resize"), cfg.get("antialias", True))
     if kind == "inception":
         path = cfg.get("inception_weights")
@@ -185,11 +187,30 @@ def proportion_ci(hits: np.ndarray, bootstrap: int, ci: float, seed: int = 0) ->
     return p, float(lo), float(hi)
 
 
+SHIPPED_CLIPS = ("shapes-clip",)
+
+
+@functools.lru_cache(maxsize=4)
+def _shipped_clip(name: str):
+    from .. import weights
+    from ..nets.clip import SmallCLIP, torchmetrics_pair
+
+    path = weights.resolve(name)
+    model = weights.load_into(SmallCLIP(**weights.read_meta(path)["config"]["net"]), path)
+    return torchmetrics_pair(model), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def clip_score(images: Tensor, prompts: list[str], model_id: str) -> dict:
-    """torchmetrics CLIPScore (100 * max(cos, 0), averaged) with a Hugging Face CLIP."""
+    """torchmetrics CLIPScore (100 * max(cos, 0), averaged): the small CLIP trained here
+    (``shapes-clip``) or a Hugging Face CLIP by local path / hub id."""
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    metric = CLIPScore(model_name_or_path=model_id)
+    if model_id in SHIPPED_CLIPS:
+        pair, wid = _shipped_clip(model_id)
+        metric = CLIPScore(model_name_or_path=lambda: pair)
+        model_id = f"{model_id} (sha256 {wid})"
+    else:
+        metric = CLIPScore(model_name_or_path=model_id)
     imgs = ((images.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
     metric.update(imgs, list(prompts))
     return {"clip_score": float(metric.compute()), "clip_model": model_id, "clip_scale": "100 * max(cos, 0)"}

@@ -92,6 +92,14 @@ def load_reference(bb, mcfg: dict, extractor, cache_dir: Path) -> Reference:
         labels = torch.randint(0, bb.gmm.num_classes, (int(rc["n"]),), generator=g)
         prompts = labels.tolist()
         real = torch.cat([bb.gmm.sample(1, g, label=torch.tensor([lab])) for lab in prompts]).float()
+    elif bb.world == "digits":
+        from ..worlds import DigitsWorld
+
+        d = DigitsWorld()
+        n = min(int(rc["n"]), len(d))
+        order = np.random.default_rng(int(rc["seed"])).permutation(len(d))[:n]
+        real = torch.from_numpy(d.images[order])
+        prompts = [d.caption(int(lab)) for lab in d.labels[order]]
     else:
         from ..worlds import ShapesWorld
 
@@ -145,13 +153,18 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
     with timed_net(bb.model) as backbone_s:
         gen = generate(bb, prompts, solver=cell["solver"], steps=cell["steps"], grid=cell["grid"],
                        grid_options=cell["grid_options"], guidance=guidance, scale=cell["scale"], seeds=seeds,
-                       device=cfg["device"], solver_options=cell["solver_options"], batch_size=cfg["batch_size"])
+                       device=cfg["device"], solver_options=cell["solver_options"], batch_size=cfg["batch_size"],
+                       progress=bool(cfg.get("progress", True)) and rank == 0)
     if not torch.isfinite(gen.latents).all():
         raise CellFailed("the samples contain NaN/inf")
     t_feat = time.perf_counter()
     m = cell["metrics"]
     feats = extractor(gen.images) if extractor is not None and (m["fid"] or m["kid"]) else None
-    hits = _prompt_hits(bb, gen.images, gen.latents, prompts) if m["prompt_accuracy"] else None
+    skipped = []
+    try:
+        hits = _prompt_hits(bb, gen.images, gen.latents, prompts) if m["prompt_accuracy"] else None
+    except MetricUnavailable as exc:  # a metric that does not apply: skipped with its reason
+        hits, skipped = None, [f"prompt_accuracy skipped: {exc}"]
     if dist is not None:  # gather every rank's samples' features and hits, in sample order
         parts = [None] * world
         dist.all_gather_object(parts, (idx, feats, hits))
@@ -163,6 +176,14 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
     rec.update(config_hash=config_hash(cell), nfe=gen.nfe, status="ok", error=None, warnings=[],
                fid=math.nan, fid_ci_low=math.nan, fid_ci_high=math.nan, kid=math.nan, clip_score=math.nan,
                prompt_accuracy=math.nan, ranks=world, solverzoo=__version__, torch=torch.__version__)
+    rec["warnings"].extend(skipped)
+    if bb.world == "gmm" and rank == 0:  # exact metric: sliced Wasserstein to exact samples of the prompted classes
+        from ..verify import sliced_wasserstein
+
+        allp = [ref.prompts[i % len(ref.prompts)] for i in range(n)]
+        exact = torch.cat([bb.gmm.sample(1, torch.Generator().manual_seed(7 + i), label=torch.tensor([p])) for i, p in enumerate(allp)])
+        lat = feats if feats is not None else gen.latents.double()
+        rec["sliced_wasserstein"] = sliced_wasserstein(lat, exact)
     t_metric = time.perf_counter()
     if feats is None and (m["fid"] or m["kid"]):
         rec["warnings"].append("fid/kid skipped: " + ref.identity.get("skipped", "no feature extractor for this backbone"))
@@ -178,10 +199,12 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
         p, lo, hi = proportion_ci(hits, m["bootstrap"], m["ci"], seed=cell["seed_set"])
         rec.update(prompt_accuracy=p, prompt_accuracy_ci_low=lo, prompt_accuracy_ci_high=hi)
     if m["clip_score"]:
-        if m.get("clip_model") and bb.world != "gmm":
-            rec.update(clip_score(gen.images, prompts, m["clip_model"]))
+        clip_id = m.get("clip_model") or ("shapes-clip" if bb.world == "shapes" else None)
+        if clip_id and bb.world != "gmm":
+            # every rank scores its own samples; torchmetrics syncs CLIPScore's sums across ranks in compute()
+            rec.update(clip_score(gen.images, prompts, clip_id))
         else:
-            rec["warnings"].append("clip_score skipped: no CLIP model configured for this backbone "
+            rec["warnings"].append(f"clip_score skipped: no CLIP model for the {bb.world} world "
                                    "(set metrics.clip_model=PATH to a Hugging Face CLIP)" if bb.world != "gmm" else
                                    "clip_score does not apply to the Gaussian-mixture backbone")
     metric_s = time.perf_counter() - t_metric
@@ -200,6 +223,11 @@ def _prompt_hits(bb, images, latents, prompts) -> np.ndarray:
         return (bb.gmm.labels[comp] == torch.as_tensor(prompts)).numpy().astype(np.float64)
     if bb.classifier is None:
         raise MetricUnavailable(f"backbone {bb.name!r} has no attribute classifier for prompt accuracy")
+    if bb.world == "digits":
+        with torch.no_grad():
+            pred = bb.classifier(images).argmax(-1)
+        want = torch.tensor([bb.conditioner.label(p) for p in prompts])
+        return (pred == want).numpy().astype(np.float64)
     from ..nets.classifier import matches
     from ..worlds import parse_caption
 
