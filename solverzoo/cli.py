@@ -240,7 +240,7 @@ def cmd_report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] == "bench":  # the Hydra app takes its own command line
+    if argv[:1] == ["bench"]:  # the Hydra app takes its own command line
         from .bench.app import main as bench_main
 
         return bench_main(argv[1:])
