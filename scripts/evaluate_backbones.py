@@ -24,14 +24,26 @@ from solverzoo.nets.classifier import matches
 from solverzoo.train import model_card
 from solverzoo.worlds import ShapesWorld, parse_caption
 
-SETTINGS = {"shapes-eps": ("dpmpp_2m", None), "shapes-flow": ("dpmpp_2m", None)}
+SETTINGS = {"shapes-eps": ("dpmpp_2m", None), "shapes-flow": ("dpmpp_2m", None), "digits": ("dpmpp_2m", None)}
 
 
 def prompt_accuracy(bb, captions, **kw) -> tuple[float, torch.Tensor]:
     out = generate(bb, captions, seeds=range(len(captions)), **kw)
     with torch.no_grad():
+        if bb.world == "digits":
+            pred = bb.classifier(out.images).argmax(-1)
+            want = torch.tensor([bb.conditioner.label(c) for c in captions])
+            return float((pred == want).float().mean()), out.images
         pred = bb.classifier.predict(out.images)
     return float(np.mean([matches(parse_caption(c), p) for c, p in zip(captions, pred)])), out.images
+
+
+def load_vae_latents(imgs: np.ndarray) -> torch.Tensor:
+    from solverzoo.nets import VAE
+
+    vae = weights.load_into(VAE(), "shapes-vae")
+    with torch.no_grad():
+        return vae.to_latent(torch.from_numpy(imgs))
 
 
 def main():
@@ -45,12 +57,23 @@ def main():
     results = {}
     for name, (solver, _) in SETTINGS.items():
         bb = load_backbone(name)
-        with torch.no_grad():
-            real = float(np.mean([matches(parse_caption(c), p) for c, p in zip(captions, bb.classifier.predict(torch.from_numpy(imgs)))]))
-        res = {"n": args.n, "steps": args.steps, "solver": solver, "grid": bb.default_grid, "eval_world_seed": 909,
-               "classifier_on_real_images": real}
+        if bb.world == "digits":
+            from solverzoo.worlds import DigitsWorld
+
+            caps = [DigitsWorld.caption(i % 10) for i in range(args.n)]
+            res = {"n": args.n, "steps": args.steps, "solver": solver, "grid": bb.default_grid,
+                   "prompts": "a handwritten d, d = i mod 10", "classifier_heldout_accuracy": weights.read_meta(
+                       weights.resolve("digits-classifier"))["record"]["heldout_accuracy"]}
+        else:
+            caps = captions
+            with torch.no_grad():
+                real = float(np.mean([matches(parse_caption(c), p) for c, p in zip(captions, bb.classifier.predict(torch.from_numpy(imgs)))]))
+                vae_rt = float(np.mean([matches(parse_caption(c), p) for c, p in zip(captions, bb.classifier.predict(
+                    bb.decode(load_vae_latents(imgs))))]))
+            res = {"n": args.n, "steps": args.steps, "solver": solver, "grid": bb.default_grid, "eval_world_seed": 909,
+                   "classifier_on_real_images": real, "classifier_on_vae_reconstructions": vae_rt}
         for label, guidance, scale in (("cfg_scale_4", "cfg", 4.0), ("no_guidance", None, 1.0)):
-            acc, images = prompt_accuracy(bb, captions, solver=solver, steps=args.steps, guidance=guidance, scale=scale)
+            acc, images = prompt_accuracy(bb, caps, solver=solver, steps=args.steps, guidance=guidance, scale=scale)
             res[f"prompt_accuracy_{label}"] = acc
             if label == "cfg_scale_4":
                 save_grid(images[:64], Path(f"reports/backbones/{name}_samples.png"), ncol=8)

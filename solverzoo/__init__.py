@@ -13,7 +13,7 @@ from .prediction import Prediction
 from .registry import PluginConflictError, PluginError, UnknownComponentError, registry
 from .schedules import NoiseSchedule
 from .solver import Solver
-from . import weights  # noqa: E402
+from . import weights  # noqa: E402,F401  (solverzoo.weights for plugins)
 
 
 def get_solver(name: str) -> Solver:

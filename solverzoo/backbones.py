@@ -8,7 +8,6 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import Tensor
 
 from .conditioning import branch_conds

@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 
 from .bench.records import ResultsError, build_table
 
@@ -40,7 +39,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     n_set = sorted(set(int(n) for n in df.n_samples))
     seeds = sorted(set(int(s) for s in df.seed_set.dropna()))
     note = f"N = {', '.join(map(str, n_set))} samples per cell; seed sets {seeds}; results: {results_dir}"
-    lines = [f"# solverzoo benchmark report", "", f"Backbones: {', '.join(backbones)}. {len(df)} cells "
+    lines = ["# solverzoo benchmark report", "", f"Backbones: {', '.join(backbones)}. {len(df)} cells "
              f"({len(ok)} ok, {len(failed)} failed). {note}.", "",
              "Every cell uses the same initial noise for sample i (common random numbers) and the same prompts. "
              "FID / KID use the feature extractor and reference set recorded in each row "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

@@ -1,7 +1,6 @@
 """The shipped backbones load after install, sample recognisable images, and run the `quick`
 sweep end to end."""
 import json
-import os
 import subprocess
 import sys
 

@@ -18,7 +18,6 @@ from .. import __version__
 from ..backbones import load_backbone
 from ..generate import generate
 from ..images import save_grid
-from ..registry import registry
 from .metrics import MetricUnavailable, Reference, clip_score, fid_kid, make_extractor, proportion_ci, stats
 from .records import build_table, config_hash, read_record, records_dir, write_record
 
@@ -244,7 +243,7 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
     results_dir = Path(cfg["results_dir"])
     _, rank, _ = _dist()
     import torchmetrics.image.fid  # noqa: F401  one-off imports here, not inside the first timed cell
-    import torchmetrics.image.kid  # noqa: F401
+    import torchmetrics.image.kid  # noqa: F401,F811
     bb = load_backbone(cfg["backbone"]["name"], cfg["device"])
     cells = expand(cfg, bb)
     mcfg = cfg["metrics"]
