@@ -12,7 +12,7 @@ from solverzoo.backbones import Backbone
 from solverzoo.nets import VAE, AttributeClassifier, DiT
 
 
-def _shapes(artifact: str, default_grid: str, grid_options: dict, device: str = "cpu") -> Backbone:
+def _shapes(name: str, artifact: str, default_grid: str, grid_options: dict, device: str = "cpu") -> Backbone:
     from solverzoo.conditioners import minilm
 
     path = weights.resolve(artifact)
@@ -30,18 +30,18 @@ def _shapes(artifact: str, default_grid: str, grid_options: dict, device: str = 
 
     card = path.with_suffix(".md")
     wid = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return Backbone(artifact, model, minilm(device=device), (4, 8, 8), decode, default_grid, grid_options, clf,
-                    world="shapes", card=card.read_text() if card.exists() else "", weights_id=wid)
+    return Backbone(name, model, minilm(device=device), (4, 8, 8), decode, default_grid, grid_options, clf,
+                    world="shapes", card=card.read_text() if card.exists() else "", artifact=artifact, weights_id=wid)
 
 
 def shapes_eps(device: str = "cpu") -> Backbone:
     """DiT (epsilon, DDPM linear betas) on the shapes world, MiniLM text conditioning."""
-    return _shapes("shapes-dit-eps", "trailing", {}, device)
+    return _shapes("shapes-eps", "shapes-dit-eps", "trailing", {}, device)
 
 
 def shapes_flow(device: str = "cpu") -> Backbone:
     """DiT (rectified flow, velocity) on the shapes world, MiniLM text conditioning."""
-    return _shapes("shapes-dit-flow", "flow_shift", {"shift": 2.0}, device)
+    return _shapes("shapes-flow", "shapes-dit-flow", "flow_shift", {"shift": 2.0}, device)
 
 
 class DigitsConditioner:
@@ -80,7 +80,7 @@ def digits(device: str = "cpu") -> Backbone:
     model = Model(net, cfg["prediction"], sched, time_input=cfg["time_input"])
     card = path.with_suffix(".md")
     return Backbone("digits", model, DigitsConditioner(), (1, 16, 16), lambda z: z.float().clamp(-1, 1), "trailing", {},
-                    clf, world="digits", card=card.read_text() if card.exists() else "",
+                    clf, world="digits", card=card.read_text() if card.exists() else "", artifact="digits-dit",
                     weights_id=hashlib.sha256(path.read_bytes()).hexdigest()[:16])
 
 

@@ -79,7 +79,7 @@ def main():
                 save_grid(images[:64], Path(f"reports/backbones/{name}_samples.png"), ncol=8)
         results[name] = res
         print(name, json.dumps(res), flush=True)
-        path = weights.resolve(bb.name)
+        path = weights.resolve(bb.artifact)
         meta = weights.read_meta(path)
         path.with_suffix(".md").write_text(model_card(meta["config"], meta["record"], meta, evaluation={
             **res, "command": f"python scripts/evaluate_backbones.py --n {args.n} --steps {args.steps}",

@@ -27,6 +27,7 @@ class Backbone:
     classifier: Any = None  # world attribute classifier (prompt accuracy, domain features)
     world: str = ""
     card: str = ""
+    artifact: str = ""  # name of the shipped weights file
     weights_id: str = ""  # hash of the weights: a retrained backbone never reuses old records
     gmm: Any = None  # the analytic mixture, for the "gmm" backbone
 

@@ -43,7 +43,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
              f"({len(ok)} ok, {len(failed)} failed). {note}.", "",
              "Every cell uses the same initial noise for sample i (common random numbers) and the same prompts. "
              "FID / KID use the feature extractor and reference set recorded in each row "
-             f"(`{results_dir / 'results.csv'}`); intervals are {int(100 * 0.95)}% bootstrap intervals over samples.", ""]
+             f"(`{results_dir / 'results.csv'}`); intervals are 95% bootstrap intervals over samples (basic bootstrap for FID, whose upward bias grows under resampling; percentile for prompt accuracy).", ""]
     figs = []
 
     def fig_lines(metric, fname, title, ylabel, ci=None):

@@ -201,7 +201,10 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
         clip_id = m.get("clip_model") or ("shapes-clip" if bb.world == "shapes" else None)
         if clip_id and bb.world != "gmm":
             # every rank scores its own samples; torchmetrics syncs CLIPScore's sums across ranks in compute()
-            rec.update(clip_score(gen.images, prompts, clip_id))
+            try:
+                rec.update(clip_score(gen.images, prompts, clip_id))
+            except (OSError, MetricUnavailable) as exc:  # missing weights / model: skipped with the reason
+                rec["warnings"].append(f"clip_score skipped: {exc}")
         else:
             rec["warnings"].append(f"clip_score skipped: no CLIP model for the {bb.world} world "
                                    "(set metrics.clip_model=PATH to a Hugging Face CLIP)" if bb.world != "gmm" else
