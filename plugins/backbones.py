@@ -79,7 +79,7 @@ def digits(device: str = "cpu") -> Backbone:
     sched = registry.get("schedule", cfg["schedule"]["name"])(**{k: v for k, v in cfg["schedule"].items() if k != "name"})
     model = Model(net, cfg["prediction"], sched, time_input=cfg["time_input"])
     card = path.with_suffix(".md")
-    return Backbone("digits", model, DigitsConditioner(), (1, 16, 16), lambda z: z.float().clamp(-1, 1), "trailing", {},
+    return Backbone("digits", model, DigitsConditioner(), (1, 16, 16), lambda z: z.float().clamp(-1, 1), "leading", {},
                     clf, world="digits", card=card.read_text() if card.exists() else "", artifact="digits-dit",
                     weights_id=hashlib.sha256(path.read_bytes()).hexdigest()[:16])
 

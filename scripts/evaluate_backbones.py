@@ -81,9 +81,14 @@ def main():
         print(name, json.dumps(res), flush=True)
         path = weights.resolve(bb.artifact)
         meta = weights.read_meta(path)
-        path.with_suffix(".md").write_text(model_card(meta["config"], meta["record"], meta, evaluation={
-            **res, "command": f"python scripts/evaluate_backbones.py --n {args.n} --steps {args.steps}",
-            "samples": f"reports/backbones/{name}_samples.png (first 64 held-out captions, CFG 4)"}))
+        ev = {**res, "command": f"python scripts/evaluate_backbones.py --n {args.n} --steps {args.steps}",
+              "samples": f"reports/backbones/{name}_samples.png (first 64 prompts, CFG 4)"}
+        tp = Path("benchmarks/results/dit_throughput.json")
+        if tp.exists() and bb.world == "shapes":  # the benchmark measures the shapes DiT architecture
+            t = json.loads(tp.read_text())
+            ev["throughput"] = {"command": t["command"], "threads": t["threads"], "gpu": t["gpu"],
+                                "rows": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in t["rows"]]}
+        path.with_suffix(".md").write_text(model_card(meta["config"], meta["record"], meta, evaluation=ev))
     Path("reports/backbones").mkdir(parents=True, exist_ok=True)
     (Path("reports/backbones") / "evaluation.json").write_text(json.dumps(results, indent=2))
     with open("reports/backbones/captions.txt", "w") as fh:

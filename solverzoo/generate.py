@@ -30,10 +30,17 @@ class Generated:
 
 def check_needs(bb: Backbone, solver, grid: Tensor) -> None:
     a0 = float(bb.model.schedule.alpha(grid[:1].to(torch.float64))[0])
-    if a0 == 0.0 and bb.model.prediction == "epsilon" and "x0" in solver.needs:
-        raise UnmetNeedsError(
-            f"solver {solver.name!r} needs x0 at the first grid time, where alpha = 0 and the epsilon-prediction "
-            f"model {bb.name!r} cannot give it; start the grid below t_max (e.g. the 'karras' or 'logsnr' grid)")
+    if bb.model.prediction == "epsilon" and "x0" in solver.needs:
+        if a0 == 0.0:
+            raise UnmetNeedsError(
+                f"solver {solver.name!r} needs x0 at the first grid time, where alpha = 0 and the epsilon-prediction "
+                f"model {bb.name!r} cannot give it; start the grid below t_max (e.g. the 'karras' or 'logsnr' grid)")
+        if a0 < 1e-3:
+            import warnings
+
+            warnings.warn(f"the grid starts where alpha = {a0:.1e}: an epsilon-prediction model's x0 = (x - sigma eps) / alpha "
+                          f"amplifies its error {1 / a0:.0f}x there (e.g. the cosine schedule's last timestep); "
+                          "consider a grid that starts lower, such as 'leading'", stacklevel=3)
 
 
 def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps: int = 20, grid: str | None = None,
