@@ -43,8 +43,14 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
              f"({len(ok)} ok, {len(failed)} failed). {note}.", "",
              "Every cell uses the same initial noise for sample i (common random numbers) and the same prompts. "
              "FID / KID use the feature extractor and reference set recorded in each row "
-             f"(`{results_dir / 'results.csv'}`); intervals are 95% bootstrap intervals over samples (basic bootstrap for FID, whose upward bias grows under resampling; percentile for prompt accuracy).", ""]
+             f"(`{results_dir / 'results.csv'}`); intervals are 95% bootstrap intervals over samples (for FID, whose upward bias grows under resampling, the bootstrap spread re-centred on the estimate; percentiles for prompt accuracy). Prompts are an independent draw from the world, not the reference images' own captions.", ""]
     figs = []
+    floor_path = results_dir / "floor.json"
+    if floor_path.exists():
+        fl = json.loads(floor_path.read_text())
+        lines += [f"Real-data floor: {fl['n']} real images of exactly the sweep's prompts ({fl['source']}) score FID {fl['fid']:.3f} "
+                  f"[{fl['fid_ci_low']:.3f}, {fl['fid_ci_high']:.3f}] against the same reference: what a perfect "
+                  "sampler would get at this N (FID is biased upward at small N). Compare solvers to each other and to it.", ""]
 
     def fig_lines(metric, fname, title, ylabel, ci=None):
         data = ok.dropna(subset=[metric])

@@ -89,8 +89,9 @@ def load_reference(bb, mcfg: dict, extractor, cache_dir: Path) -> Reference:
     if bb.world == "gmm":
         g = torch.Generator().manual_seed(int(rc["seed"]))
         labels = torch.randint(0, bb.gmm.num_classes, (int(rc["n"]),), generator=g)
-        prompts = labels.tolist()
-        real = torch.cat([bb.gmm.sample(1, g, label=torch.tensor([lab])) for lab in prompts]).float()
+        real = torch.cat([bb.gmm.sample(1, g, label=torch.tensor([lab])) for lab in labels.tolist()]).float()
+        gp = torch.Generator().manual_seed(int(rc["seed"]) + 1)
+        prompts = torch.randint(0, bb.gmm.num_classes, (int(rc["n"]),), generator=gp).tolist()
     elif bb.world == "digits":
         from ..worlds import DigitsWorld
 
@@ -98,12 +99,14 @@ def load_reference(bb, mcfg: dict, extractor, cache_dir: Path) -> Reference:
         n = min(int(rc["n"]), len(d))
         order = np.random.default_rng(int(rc["seed"])).permutation(len(d))[:n]
         real = torch.from_numpy(d.images[order])
-        prompts = [d.caption(int(lab)) for lab in d.labels[order]]
+        other = np.random.default_rng(int(rc["seed"]) + 1).permutation(len(d))[:n]
+        prompts = [d.caption(int(lab)) for lab in d.labels[other]]
     else:
         from ..worlds import ShapesWorld
 
-        imgs, prompts, _ = ShapesWorld(int(rc["seed"])).batch(0, int(rc["n"]))
+        imgs, _, _ = ShapesWorld(int(rc["seed"])).batch(0, int(rc["n"]))
         real = torch.from_numpy(imgs)
+        prompts = ShapesWorld(int(rc["seed"]) + 1).batch(0, int(rc["n"]))[1]
     if extractor is None:
         return Reference(ident, np.zeros(1), np.zeros((1, 1)), 0, None, prompts)
     cache = cache_dir / f"reference-{key}.safetensors"
@@ -128,6 +131,33 @@ def load_reference(bb, mcfg: dict, extractor, cache_dir: Path) -> Reference:
         os.replace(tmp, cache)
     mu, sig = stats(feats.numpy())
     return Reference(ident, mu, sig, len(feats), feats, prompts)
+
+
+def _write_floor(bb, cfg: dict, ref: Reference, extractor, results_dir: Path) -> None:
+    """FID of N fresh real samples against the reference: what a perfect sampler would score at
+    this N (FID's small-N bias), stated next to every figure."""
+    import json
+
+    n, m = int(cfg["sweep"]["n_samples"]), cfg["metrics"]
+    seed = int(m["reference"]["seed"]) + 1
+    # real samples of exactly the sweep's prompts (the independent draw, seed + 1), so the floor is
+    # what a perfect sampler would score on these prompts
+    if bb.world == "gmm":
+        g = torch.Generator().manual_seed(seed + 7)
+        labels = [ref.prompts[i % len(ref.prompts)] for i in range(n)]
+        real = torch.cat([bb.gmm.sample(1, g, label=torch.tensor([lab])) for lab in labels]).float()
+    elif bb.world == "digits":
+        from ..worlds import DigitsWorld
+
+        d = DigitsWorld()
+        real = torch.from_numpy(d.images[np.random.default_rng(seed).permutation(len(d))[:n]])
+    else:
+        from ..worlds import ShapesWorld
+
+        real = torch.from_numpy(ShapesWorld(seed).batch(0, n)[0])
+    out = fid_kid(extractor(real), ref, bootstrap=m["bootstrap"], ci=m["ci"], kid_subset=m["kid_subset_size"])
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "floor.json").write_text(json.dumps({"n": len(real), "source": f"{bb.world} world, seed {seed}", **out}, indent=1))
 
 
 # -- one cell -------------------------------------------------------------------------------
@@ -262,6 +292,8 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
         extractor = None
         ref = load_reference(bb, {**mcfg, "reference": {**mcfg["reference"], "kind": "world"}}, None, results_dir.parent / "cache")
         ref.identity["skipped"] = str(exc)
+    if rank == 0 and extractor is not None and ref.features is not None:
+        _write_floor(bb, cfg, ref, extractor, results_dir)
     for stale in records_dir(results_dir).glob(".*.tmp") if records_dir(results_dir).is_dir() else []:
         stale.unlink()  # a record being written when a previous run was killed: never a partial record
     todo = []
