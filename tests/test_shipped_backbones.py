@@ -66,6 +66,6 @@ def test_quick_sweep_on_the_default_backbone(tmp_path):
     assert df.fid.notna().all() and df.prompt_accuracy.notna().all() and df.kid.notna().all()
     rec = json.loads(next((tmp_path / "r" / "records").glob("*.json")).read_text())
     assert rec["feature"]["name"] == "shapes-attribute-classifier" and rec["reference"]["n"] == 1000
-    assert any("N=32 is below" in w for w in rec["warnings"])  # small N is flagged in the row
+    assert any("N=64 is below" in w for w in rec["warnings"])  # small N is flagged in the row
     assert rec["clip_model"].startswith("shapes-clip") and df.clip_score.notna().all()
     assert (tmp_path / "r" / "report" / "grid_shapes-flow.png").exists()

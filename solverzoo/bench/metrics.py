@@ -115,6 +115,13 @@ class Reference:
     n: int
     features: Tensor | None = None  # None for .npz statistics (no KID)
     prompts: list = field(default_factory=list)
+    _sqrt: np.ndarray | None = None
+
+    @property
+    def sigma_sqrt(self) -> np.ndarray:
+        if self._sqrt is None:
+            self._sqrt = psd_sqrt(self.sigma)  # once per reference, reused by every cell's bootstrap
+        return self._sqrt
 
 
 def _identity_module(d: int) -> nn.Module:
@@ -170,7 +177,7 @@ def bootstrap_fid(f: np.ndarray, ref: Reference, reps: int, rng: np.random.Gener
     With centred resample X (n x d) and H = sqrt(S_ref), tr sqrt(H S H) is the sum of the square
     roots of the eigenvalues of (XH)(XH)^T / (n - 1) when n < d (an n x n problem), else of
     (XH)^T (XH) / (n - 1); tr S = |X|^2 / (n - 1). Same value as :func:`frechet`, much cheaper."""
-    h = psd_sqrt(ref.sigma)
+    h = ref.sigma_sqrt
     n = len(f)
     tr_ref = float(np.trace(ref.sigma))
     out = []
