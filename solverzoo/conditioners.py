@@ -40,11 +40,16 @@ class TextConditioner:
                                     "download it once (huggingface-cli download) and pass the folder")
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
         model = AutoModel.from_pretrained(path, local_files_only=local)
-        self.encoder = getattr(model, "text_model", model).eval().requires_grad_(False).to(device)
+        if hasattr(model, "text_model"):  # CLIP: the text tower
+            model = model.text_model
+        elif hasattr(model, "get_encoder"):  # T5 and other encoder-decoders: the encoder
+            model = model.get_encoder()
+        self.encoder = model.eval().requires_grad_(False).to(device)
         self.max_length = int(max_length)
         self.device = device
         self.name = name or path
-        self.dim = int(self.encoder.config.hidden_size)
+        cfg = self.encoder.config
+        self.dim = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model"))
         self._cache: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
 
     @torch.no_grad()

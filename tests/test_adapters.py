@@ -97,3 +97,42 @@ def test_flow_config_and_errors():
         schedule_from_config({"prediction_type": "banana"})
     with pytest.raises(TypeError, match="no solverzoo adapter for Linear"):
         diffusers_model(torch.nn.Linear(2, 2), {})
+
+
+def test_wrapped_flux_transformer_samples_packed_latents():
+    torch.manual_seed(0)
+    tr = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                          pooled_projection_dim=8, axes_dims_rope=(2, 2, 4)).eval()
+    sched = diffusers.FlowMatchEulerDiscreteScheduler()
+    model = diffusers_model(tr, sched.config)
+    assert model.prediction == "velocity" and model.schedule.name == "flow"
+    n_img, n_txt = 16, 5
+    img_ids = torch.zeros(n_img, 3)
+    img_ids[:, 1], img_ids[:, 2] = torch.arange(n_img) // 4, torch.arange(n_img) % 4
+    cond = {"encoder_hidden_states": torch.randn(2, n_txt, 16), "pooled_projections": torch.randn(2, 8),
+            "img_ids": img_ids, "txt_ids": torch.zeros(n_txt, 3)}
+    x = torch.randn(2, n_img, 8)  # packed latent tokens
+    sched.set_timesteps(4)
+    ref = x.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:  # FluxPipeline's loop (no guidance embedding): timestep = t / 1000
+            v = tr(hidden_states=ref, timestep=(t / 1000).expand(2), **cond).sample
+            ref = sched.step(v, t, ref).prev_sample
+        times = tuple(float(s) for s in sched.sigmas)
+        grid = sz.get_grid("explicit")(model.schedule, len(times) - 1, times=times)
+        ours = sz.sample("euler", model.denoiser(cond), x, grid).x
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_text_conditioner_wraps_t5_and_clip_text_encoders(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from solverzoo.conditioners import TextConditioner, minilm_path
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_path())  # any tokenizer works for a random model
+    t5 = transformers.T5Config(vocab_size=tok.vocab_size, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    transformers.T5Model(t5).save_pretrained(tmp_path / "t5")
+    tok.save_pretrained(tmp_path / "t5")
+    c = TextConditioner(str(tmp_path / "t5"), max_length=12)
+    e = c.encode(["a red circle", "a blue square"])
+    assert e["tokens"].shape == (2, 12, 16) and c.dim == 16 and c.null(3)["pooled"].shape == (3, 16)
