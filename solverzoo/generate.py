@@ -26,6 +26,7 @@ class Generated:
     nfe: int
     wall_s: float
     sampling_s: float
+    reference: Tensor | None = None  # DOP853 solve of the same ODE from the same noise (reference=True)
 
 
 def check_needs(bb: Backbone, solver, grid: Tensor) -> None:
@@ -46,7 +47,8 @@ def check_needs(bb: Backbone, solver, grid: Tensor) -> None:
 def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps: int = 20, grid: str | None = None,
              grid_options: dict | None = None, guidance: str | None = "cfg", scale: float = 4.0,
              negative_prompts: Sequence | None = None, seeds: Sequence[int] | None = None, device: str = "cpu",
-             solver_options: dict | None = None, batch_size: int = 64, progress: bool = False) -> Generated:
+             solver_options: dict | None = None, batch_size: int = 64, progress: bool = False,
+             reference: bool = False) -> Generated:
     """Sample one image per prompt with per-sample seeds (``seeds[i]`` for image i)."""
     t0 = time.perf_counter()
     solver_obj = registry.get("solver", solver)
@@ -57,7 +59,7 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
     seeds = list(seeds if seeds is not None else range(len(prompts)))
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    outs, nfe, samp = [], 0, 0.0
+    outs, refs, nfe, samp = [], [], 0, 0.0
     starts = range(0, len(prompts), batch_size)
     if progress:
         import sys
@@ -81,7 +83,10 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
             res = sample(solver_obj, den, x, times, generator=step_gens, **(solver_options or {}))
         outs.append(res.x)
         nfe = res.nfe  # per batch: identical for every batch
+        if reference:  # the same (guided) ODE, same start and end, solved to high precision
+            with torch.no_grad():
+                refs.append(sample("dop853", den, x.double(), times).x.to(res.x.dtype))
         samp += res.wall_s
     lat = torch.cat(outs)
     images = torch.cat([bb.decode(lat[i:i + 256]) for i in range(0, len(lat), 256)])
-    return Generated(images, lat, nfe, time.perf_counter() - t0, samp)
+    return Generated(images, lat, nfe, time.perf_counter() - t0, samp, torch.cat(refs) if refs else None)

@@ -164,3 +164,17 @@ def test_bootstrap_fid_equals_the_direct_formula(n):
         slow.append(frechet(m, s, mu, sig))
     # rank-deficient covariances (n < d) leave ~1e-8 relative noise from clipping tiny eigenvalues
     np.testing.assert_allclose(fast, slow, rtol=1e-6)
+
+
+def test_exact_metrics_and_seed_set_intervals(tmp_path):
+    out = bench(*QUICK, "sweep.seed_sets=[0,1,2]", "sweep.solvers=[dpmpp_2m,ddpm]", f"results_dir={tmp_path}/r")
+    assert out.returncode == 0, out.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    ode = df[df.solver == "dpmpp_2m"].sort_values("steps")
+    assert ode.median_error.notna().all() and (ode.mode_flip_rate >= 0).all()
+    e4, e8 = (ode[ode.steps == s].median_error.astype(float).mean() for s in (4, 8))
+    assert e8 < e4  # converges towards the reference solve of the same guided ODE (pre-asymptotic at 4-8 steps)
+    assert df[df.solver == "ddpm"].median_error.isna().all()  # no ODE reference for an SDE sampler
+    assert df.sliced_wasserstein.notna().all()
+    report = (tmp_path / "r" / "report" / "index.md").read_text()
+    assert "## Across seed sets" in report and "## Exact metrics (analytic backbone)" in report

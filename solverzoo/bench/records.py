@@ -82,7 +82,8 @@ def build_table(results_dir: str | Path):
         row = {c: r.get(c) for c in COLUMNS}
         for k in ("kid_ci_low", "kid_ci_high", "prompt_accuracy_ci_low", "prompt_accuracy_ci_high", "seed_set",
                   "sampling_s", "backbone_s", "solver_s", "decode_s", "metric_s", "harness_s", "error", "warnings",
-                  "sliced_wasserstein", "feature", "reference", "grid_options", "solver_options"):
+                  "sliced_wasserstein", "median_error", "mode_flip_rate", "feature", "reference", "grid_options",
+                  "solver_options"):
             v = r.get(k)
             row[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
         rows.append(row)

@@ -19,6 +19,7 @@ from ..backbones import load_backbone
 from ..generate import generate
 from ..images import save_grid
 from .metrics import MetricUnavailable, Reference, clip_score, fid_kid, make_extractor, proportion_ci, stats
+from ..registry import registry
 from .records import build_table, config_hash, read_record, records_dir, write_record
 
 SEED_STRIDE = 1_000_003
@@ -183,7 +184,8 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
         gen = generate(bb, prompts, solver=cell["solver"], steps=cell["steps"], grid=cell["grid"],
                        grid_options=cell["grid_options"], guidance=guidance, scale=cell["scale"], seeds=seeds,
                        device=cfg["device"], solver_options=cell["solver_options"], batch_size=cfg["batch_size"],
-                       progress=bool(cfg.get("progress", True)) and rank == 0)
+                       progress=bool(cfg.get("progress", True)) and rank == 0,
+                       reference=bb.world == "gmm" and not registry.get("solver", cell["solver"]).is_stochastic(**cell["solver_options"]))
     if not torch.isfinite(gen.latents).all():
         raise CellFailed("the samples contain NaN/inf")
     t_feat = time.perf_counter()
@@ -213,6 +215,10 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
         exact = torch.cat([bb.gmm.sample(1, torch.Generator().manual_seed(7 + i), label=torch.tensor([p])) for i, p in enumerate(allp)])
         lat = feats if feats is not None else gen.latents.double()
         rec["sliced_wasserstein"] = sliced_wasserstein(lat, exact)
+        if gen.reference is not None and dist is None:  # exact metrics against the DOP853 solve of the same ODE
+            err = ((gen.latents.double() - gen.reference.double()) ** 2).mean(1).sqrt()
+            rec["median_error"] = float(err.median())
+            rec["mode_flip_rate"] = float((bb.gmm.component(gen.latents) != bb.gmm.component(gen.reference)).double().mean())
     t_metric = time.perf_counter()
     metric_s_offset = 0.0
     if feats is None and (m["fid"] or m["kid"]):
