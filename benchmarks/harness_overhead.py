@@ -24,6 +24,9 @@ def main():
                f"results_dir={d}/r"]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         recs = [json.loads(p.read_text()) for p in sorted(Path(d, "r", "records").glob("*.json"))]
+    failed = [r for r in recs if r["status"] != "ok"]
+    if failed:
+        raise SystemExit(f"{len(failed)} cell(s) failed, e.g. {failed[0]['error']}; fix them before measuring overhead")
     rows = [{k: r[k] for k in ("solver", "steps", "nfe", "wall_s", "sampling_s", "decode_s", "metric_s", "harness_s")}
             for r in recs]
     for r in rows:

@@ -42,7 +42,7 @@ class TextConditioner:
         model = AutoModel.from_pretrained(path, local_files_only=local)
         if hasattr(model, "text_model"):  # CLIP: the text tower
             model = model.text_model
-        elif hasattr(model, "get_encoder"):  # T5 and other encoder-decoders: the encoder
+        elif getattr(model.config, "is_encoder_decoder", False):  # T5 and other encoder-decoders: the encoder
             model = model.get_encoder()
         self.encoder = model.eval().requires_grad_(False).to(device)
         self.max_length = int(max_length)
