@@ -108,11 +108,43 @@ def train_classifier(cfg: dict, out_dir=None) -> dict:
     return record
 
 
+def _diffusion_loss(net, sched, cfg: dict, time_in, x0, g: torch.Generator, **cond) -> torch.Tensor:
+    """Regression loss of ``cfg["prediction"]`` at random times: uniform training indices on a
+    discrete schedule, logit-normal times (SD3), clipped from the ends, on a continuous one."""
+    from .prediction import Prediction, to_output
+
+
+    eps = torch.randn(x0.shape, generator=g)
+    if sched.discrete_steps:
+        t = torch.randint(0, sched.discrete_steps, (x0.shape[0],), generator=g).double()
+    else:
+        t = torch.sigmoid(torch.randn(x0.shape[0], generator=g, dtype=torch.float64)).clamp(1e-4, 1 - 1e-4)
+    a, s = (v.float()[:, None, None, None] for v in sched.alpha_sigma(t))
+    ad = sd = None
+    if cfg["prediction"] == "velocity":
+        ad, sd = (v.float()[:, None, None, None] for v in sched.alpha_sigma_dot(t))
+    target = to_output(cfg["prediction"], Prediction(x0, eps), a, s, ad, sd)
+    return F.mse_loss(net(a * x0 + s * eps, time_in(sched, t).float(), **cond), target)
+
+
+def _optimise(net, ema, opt, loss, step: int, cfg: dict) -> None:
+    """Linear lr warm-up over 200 steps, gradient clipping at 1, then the EMA update."""
+    for grp in opt.param_groups:
+        grp["lr"] = cfg["lr"] * min(1.0, (step + 1) / 200)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        d = min(cfg["ema"], (1 + step) / (10 + step))
+        for pe, pn in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(pn, 1 - d)
+
+
 def train_dit(cfg: dict, out_dir=None) -> dict:
     from . import registry
     from .conditioners import minilm
     from .model import TIME_INPUTS
-    from .prediction import Prediction, to_output
 
     torch.manual_seed(cfg["seed"])
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -141,29 +173,9 @@ def train_dit(cfg: dict, out_dir=None) -> dict:
         ci = cap_idx[idx]
         drop = torch.rand(cfg["batch"], generator=g) < cfg["cond_dropout"]
         ci = torch.where(drop, torch.full_like(ci, null_row), ci)
-        eps = torch.randn(x0.shape, generator=g)
-        if sched.discrete_steps:
-            t = torch.randint(0, sched.discrete_steps, (cfg["batch"],), generator=g).double()
-        else:  # logit-normal times (SD3), clipped away from the ends
-            t = torch.sigmoid(torch.randn(cfg["batch"], generator=g, dtype=torch.float64)).clamp(1e-4, 1 - 1e-4)
-        a, s = (v.float()[:, None, None, None] for v in sched.alpha_sigma(t))
-        ad = sd = None
-        if cfg["prediction"] == "velocity":
-            ad, sd = (v.float()[:, None, None, None] for v in sched.alpha_sigma_dot(t))
-        target = to_output(cfg["prediction"], Prediction(x0, eps), a, s, ad, sd)
-        out = net(a * x0 + s * eps, time_in(sched, t).float(), enc["tokens"][ci], enc["mask"][ci], enc["pooled"][ci])
-        loss = F.mse_loss(out, target)
-        lr = cfg["lr"] * min(1.0, (step + 1) / 200)
-        for grp in opt.param_groups:
-            grp["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg["ema"], (1 + step) / (10 + step))
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - d)
+        loss = _diffusion_loss(net, sched, cfg, time_in, x0, g, tokens=enc["tokens"][ci], mask=enc["mask"][ci],
+                               pooled=enc["pooled"][ci])
+        _optimise(net, ema, opt, loss, step, cfg)
         hist.append(float(loss.detach()))
         if step % 250 == 0:
             _log(f"dit step {step} loss {np.mean(hist[-50:]):.4f} ({time.time() - t0:.0f}s)")
@@ -234,7 +246,6 @@ def train_digits_classifier(cfg: dict, out_dir=None) -> dict:
 def train_digits_dit(cfg: dict, out_dir=None) -> dict:
     from . import registry
     from .model import TIME_INPUTS
-    from .prediction import Prediction, to_output
     from .worlds import DigitsWorld
 
     torch.manual_seed(cfg["seed"])
@@ -253,21 +264,8 @@ def train_digits_dit(cfg: dict, out_dir=None) -> dict:
         idx = torch.randint(0, n_train, (cfg["batch"],), generator=g)
         x0, label = x_all[idx], y_all[idx].clone()
         label[torch.rand(cfg["batch"], generator=g) < cfg["cond_dropout"]] = -1
-        eps = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, sched.discrete_steps, (cfg["batch"],), generator=g).double()
-        a, s = (v.float()[:, None, None, None] for v in sched.alpha_sigma(t))
-        target = to_output(cfg["prediction"], Prediction(x0, eps), a, s)
-        loss = F.mse_loss(net(a * x0 + s * eps, time_in(sched, t).float(), label=label), target)
-        for grp in opt.param_groups:
-            grp["lr"] = cfg["lr"] * min(1.0, (step + 1) / 200)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            dk = min(cfg["ema"], (1 + step) / (10 + step))
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - dk)
+        loss = _diffusion_loss(net, sched, cfg, time_in, x0, g, label=label)
+        _optimise(net, ema, opt, loss, step, cfg)
         hist.append(float(loss.detach()))
         if step % 250 == 0:
             _log(f"digits dit step {step} loss {np.mean(hist[-50:]):.4f} ({time.time() - t0:.0f}s)")
