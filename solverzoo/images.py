@@ -15,7 +15,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(x: torch.Tensor, path: str | Path, ncol: int | None = None, scale: int = 4, pad: int = 2) -> Path:
+def save_grid(x: torch.Tensor, path: str | Path, ncol: int | None = None, scale: int = 4, pad: int = 2,
+              compress_level: int = 6) -> Path:
     """Write images (B, C, H, W) in [-1, 1] as one PNG grid, upscaled ``scale`` times (nearest)."""
     from PIL import Image
 
@@ -30,5 +31,7 @@ def save_grid(x: torch.Tensor, path: str | Path, ncol: int | None = None, scale:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(canvas)
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    if scale != 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path, compress_level=compress_level)
     return path

@@ -137,7 +137,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
                 if p is not None and p.exists():
                     canvas.paste(Image.open(p), (j * w, i * h))
         name = f"grid_{bb}.png"
-        canvas.save(out / name)
+        canvas.resize((canvas.width * 3, canvas.height * 3), Image.NEAREST).save(out / name)
         lines += [f"## Samples: {bb}", "", f"Rows: {', '.join(solvers)}; columns: {', '.join(f'{s} steps' for s in steps)}; "
                   f"{g0}; the same 8 seeds (seed set {int(sub.seed_set.min())}) and prompts in every tile.", "",
                   f"![samples {bb}]({name})", ""]

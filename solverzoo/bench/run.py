@@ -255,7 +255,8 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
                decode_s=gen.wall_s - gen.sampling_s, metric_s=metric_s + feat_s,
                harness_s=max(wall - gen.wall_s - feat_s - metric_s, 0.0) + metric_s)
     if rank == 0 and gen.images.ndim == 4:
-        save_grid(gen.images[:8], results_dir / "samples" / f"{rec['config_hash']}.png", ncol=8, scale=2)
+        # native-size thumbnails, light compression: the report upscales once when it composes its grid
+        save_grid(gen.images[:8], results_dir / "samples" / f"{rec['config_hash']}.png", ncol=8, scale=1, compress_level=1)
     return rec
 
 
