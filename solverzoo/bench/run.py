@@ -134,6 +134,16 @@ def load_reference(bb, mcfg: dict, extractor, cache_dir: Path) -> Reference:
     return Reference(ident, mu, sig, len(feats), feats, prompts)
 
 
+def _warm_up(bb, cfg: dict, ref: Reference, extractor) -> None:
+    """One-off costs (first decoder call, first metric computations, lazy imports) are paid here,
+    once per process, not inside the first timed cell."""
+    with torch.no_grad():
+        bb.decode(torch.zeros((2,) + tuple(bb.latent_shape), device=cfg["device"]))
+    if extractor is not None and ref.features is not None:
+        m = cfg["metrics"]
+        fid_kid(ref.features[:8].clone(), ref, bootstrap=2, ci=m["ci"], kid_subset=4)
+
+
 def _write_floor(bb, cfg: dict, ref: Reference, extractor, results_dir: Path) -> None:
     """FID of N fresh real samples against the reference: what a perfect sampler would score at
     this N (FID's small-N bias), stated next to every figure."""
@@ -305,6 +315,7 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
         ref.identity["skipped"] = str(exc)
     if rank == 0 and extractor is not None and ref.features is not None:
         _write_floor(bb, cfg, ref, extractor, results_dir)
+    _warm_up(bb, cfg, ref, extractor)
     for stale in records_dir(results_dir).glob(".*.tmp") if records_dir(results_dir).is_dir() else []:
         stale.unlink()  # a record being written when a previous run was killed: never a partial record
     todo = []
