@@ -21,6 +21,9 @@ def _component_rows() -> list[dict]:
                        adaptive=obj.adaptive, options=obj.info()["options"], description=obj.description)
         elif e.kind == "grid":
             row.update(options=obj.info()["options"], description=obj.description)
+        elif e.kind == "cache":
+            info = obj().info()
+            row.update(options=info["options"], syncs_per_call=info["syncs_per_call"], description=info["description"])
         else:
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
             row["description"] = doc[0] if doc else ""

@@ -57,6 +57,13 @@ class GuidedDenoiser:
         self.evals_per_call = len(guidance.branches)
         self._cond = batch_cond([conds[b] for b in guidance.branches])
 
+    def with_net(self, net) -> "GuidedDenoiser":
+        """The same guided denoiser calling ``net`` (a cache session) instead of the model's network."""
+        other = object.__new__(GuidedDenoiser)
+        other.__dict__.update(self.__dict__)
+        other.model = self.model.with_net(net)
+        return other
+
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
         k = self.evals_per_call
         pred = self.model.predict(torch.cat([x] * k, dim=0) if k > 1 else x, t, self._cond)

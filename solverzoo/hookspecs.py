@@ -37,10 +37,17 @@ def register_backbones(register):
     """Register backbone factories: callables ``(device="cpu") -> solverzoo.backbones.Backbone``."""
 
 
+@hookspec
+def register_caches(register):
+    """Register cache factories: :class:`solverzoo.caching.Cache` subclasses (or callables
+    ``(**options) -> Cache``)."""
+
+
 HOOKS = {
     "solver": "register_solvers",
     "grid": "register_grids",
     "schedule": "register_schedules",
     "guidance": "register_guidance",
     "backbone": "register_backbones",
+    "cache": "register_caches",
 }

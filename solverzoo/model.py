@@ -130,6 +130,14 @@ class Model:
     def denoiser(self, cond: Cond | None = None) -> "ModelDenoiser":
         return ModelDenoiser(self, cond)
 
+    def with_net(self, net: Callable) -> "Model":
+        """The same model (parametrisation, schedule, time input, memoised constants) calling
+        ``net`` instead: how a cache session wraps the network for one sampling call."""
+        other = object.__new__(Model)
+        other.__dict__.update(self.__dict__)
+        other.net = net
+        return other
+
 
 class ModelDenoiser:
     """A model with its conditioning bound: one network evaluation per call."""
@@ -143,6 +151,9 @@ class ModelDenoiser:
 
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
         return self.model.predict(x, t, self.cond)
+
+    def with_net(self, net: Callable) -> "ModelDenoiser":
+        return ModelDenoiser(self.model.with_net(net), self.cond)
 
 
 def batch_cond(conds: list[Cond]) -> dict[str, Tensor]:

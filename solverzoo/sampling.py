@@ -29,6 +29,8 @@ class SampleResult:
     wall_s: float
     solver: str
     options: dict = field(default_factory=dict)
+    backbone_evals: float = 0.0  # full-network-equivalent evaluations per sample actually computed (= nfe without a cache)
+    cache: dict | None = None  # the cache policy and its options, when one was used
 
 
 class _Watch:
@@ -69,9 +71,33 @@ def _step_of(grid: Tensor, t: float) -> int:
     return -1
 
 
+def make_cache(cache, options: dict | None = None):
+    """A cache policy from a registered name (with ``options``) or an instance (``None``: no cache)."""
+    from .caching import Cache
+
+    if cache is None or cache == "none":
+        if options:
+            raise ValueError(f"cache options {sorted(options)} given without a cache")
+        return None
+    if isinstance(cache, Cache):
+        if options:
+            raise ValueError("pass cache options to the cache's constructor, or give the cache by name")
+        return cache
+    factory = registry.get("cache", cache)
+    try:
+        return factory(**(options or {}))
+    except TypeError as exc:
+        valid = factory().options() if hasattr(factory, "options") else {}
+        raise TypeError(f"cache {cache!r}: {exc}; valid options: {valid or 'none'}") from None
+
+
 def sample(solver: Solver | str, denoiser: Denoiser, x: Tensor, grid: Tensor, *, generator: Generators = None,
-           callback: Callback | None = None, check_finite: bool = True, **options) -> SampleResult:
+           callback: Callback | None = None, check_finite: bool = True, cache=None, cache_options: dict | None = None,
+           **options) -> SampleResult:
     """Run ``solver`` from ``x`` along ``grid`` with checks; returns the sample and its cost.
+
+    ``cache`` (a registered cache name or a :class:`~solverzoo.caching.Cache`) opens a cache
+    session for this call only: the denoiser's network runs its block stack through the cache.
 
     Raises:
         UnknownComponentError: unknown solver name (with close matches).
@@ -90,6 +116,16 @@ def sample(solver: Solver | str, denoiser: Denoiser, x: Tensor, grid: Tensor, *,
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}; pass one per sample")
     schedule = denoiser.schedule
     grid = validate_grid(grid, schedule)
+    policy = make_cache(cache, cache_options)
+    session = None
+    if policy is not None:
+        from .caching import CacheError, CacheSession
+
+        if not hasattr(denoiser, "with_net") or not hasattr(denoiser, "model"):
+            raise CacheError(f"a cache needs a denoiser built from a Model (Model.denoiser() or GuidedDenoiser), "
+                             f"got {type(denoiser).__name__}")
+        session = CacheSession(policy, denoiser.model.net)
+        denoiser = denoiser.with_net(session)
     watch = _Watch(denoiser, check_finite)
     start = time.perf_counter()
     plan = solver.plan(schedule, grid, **options)
@@ -108,7 +144,10 @@ def sample(solver: Solver | str, denoiser: Denoiser, x: Tensor, grid: Tensor, *,
             raise NonFiniteError(f"solver {solver.name!r} produced NaN/inf although every model output was finite; "
                                  "check the grid's first and last times and the solver options")
     wall = time.perf_counter() - start
-    return SampleResult(out, watch.calls * watch.evals_per_call, watch.calls, wall, solver.name, dict(options))
+    nfe = watch.calls * watch.evals_per_call
+    evals = session.backbone_evals(x.shape[0]) if session is not None else float(nfe)
+    return SampleResult(out, nfe, watch.calls, wall, solver.name, dict(options), evals,
+                        policy.describe() if policy is not None else None)
 
 
 def initial_noise(schedule: NoiseSchedule, t_start, shape, generator: Generators, *, dtype=torch.float32, device="cpu") -> Tensor:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -116,6 +118,7 @@ class Reference:
     features: Tensor | None = None  # None for .npz statistics (no KID)
     prompts: list = field(default_factory=list)
     _sqrt: np.ndarray | None = None
+    metrics: dict = field(default_factory=dict, repr=False)  # torchmetrics objects with the real side filled
 
     @property
     def sigma_sqrt(self) -> np.ndarray:
@@ -132,22 +135,24 @@ def _identity_module(d: int) -> nn.Module:
 
 def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subset: int, seed: int = 0) -> dict:
     """FID (torchmetrics, float64 statistics) with a bootstrap CI over samples, and KID."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     d = fake.shape[1]
-    # features arrive already gathered from every rank (run.py), so torchmetrics must not sum
-    # its states across processes again
-    fid = FrechetInceptionDistance(feature=_identity_module(d), normalize=True, sync_on_compute=False)
-    mu, sig = torch.from_numpy(ref.mu), torch.from_numpy(ref.sigma)
-    fid.real_features_sum = mu * ref.n
-    fid.real_features_cov_sum = sig * (ref.n - 1) + ref.n * torch.outer(mu, mu)
-    fid.real_features_num_samples = torch.tensor(ref.n)
+    f = fake.numpy()
+    # the bootstrap (numpy / LAPACK, which release the GIL) runs on a second thread while
+    # torchmetrics computes FID and KID on this one: the two are independent and deterministic
+    boots_future = _pool().submit(bootstrap_fid, f, ref, bootstrap, np.random.default_rng(seed))
+    fid = _metric(ref, "fid", d)
     fid.update(fake.double(), real=False)
     out = {"fid": float(fid.compute())}
-    f = fake.numpy()
-    rng = np.random.default_rng(seed)
-    boots = bootstrap_fid(f, ref, bootstrap, rng)
+    if ref.features is not None:
+        sub = min(kid_subset, len(f), len(ref.features))
+        kid = _metric(ref, "kid", d, sub)
+        torch.manual_seed(seed)  # KID's subsets are drawn from the global RNG: pin them
+        kid.update(fake.double(), real=False)
+        mean, std = kid.compute()
+        out.update(kid=float(mean), kid_std=float(std))
+    else:
+        out.update(kid=math.nan)
+    boots = boots_future.result()
     if boots:
         # FID is biased upward and resamples with repeated samples are biased further, so the bootstrap
         # distribution sits above the estimate; its spread (not its location) measures sampling
@@ -157,18 +162,46 @@ def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subs
     else:
         lo = hi = math.nan
     out.update(fid_ci_low=float(lo), fid_ci_high=float(hi), fid_ci_method=f"bootstrap spread over samples re-centred on the estimate, {bootstrap} resamples")
-    if ref.features is not None:
-        sub = min(kid_subset, len(f), len(ref.features))
-        kid = KernelInceptionDistance(feature=_identity_module(d), subsets=50, subset_size=sub, normalize=True,
-                                      sync_on_compute=False)
-        torch.manual_seed(seed)  # KID's subsets are drawn from the global RNG: pin them
-        kid.update(ref.features.double(), real=True)
-        kid.update(fake.double(), real=False)
-        mean, std = kid.compute()
-        out.update(kid=float(mean), kid_std=float(std))
-    else:
-        out.update(kid=math.nan)
     return out
+
+
+def _metric(ref: Reference, kind: str, d: int, subset: int = 0):
+    """The torchmetrics FID / KID object for ``ref``, its real-side state filled once and kept
+    across cells (``reset_real_features=False``); only the fake side is reset per cell."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    key = (kind, d, subset)
+    metric = ref.metrics.get(key)
+    if metric is None:
+        # features arrive already gathered from every rank (run.py), so torchmetrics must not sum
+        # its states across processes again
+        if kind == "fid":
+            metric = FrechetInceptionDistance(feature=_identity_module(d), normalize=True, sync_on_compute=False,
+                                              reset_real_features=False)
+            mu, sig = torch.from_numpy(ref.mu), torch.from_numpy(ref.sigma)
+            metric.real_features_sum = mu * ref.n
+            metric.real_features_cov_sum = sig * (ref.n - 1) + ref.n * torch.outer(mu, mu)
+            metric.real_features_num_samples = torch.tensor(ref.n)
+        else:
+            metric = KernelInceptionDistance(feature=_identity_module(d), subsets=50, subset_size=subset, normalize=True,
+                                             sync_on_compute=False, reset_real_features=False)
+            metric.update(ref.features.double(), real=True)
+        ref.metrics[key] = metric
+    else:
+        metric.reset()  # the fake side only
+    return metric
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One worker thread per process (keyed by pid: a forked child never inherits a dead pool)."""
+    pid = os.getpid()
+    if pid not in _POOLS:
+        _POOLS[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="solverzoo-bootstrap")
+    return _POOLS[pid]
 
 
 def bootstrap_fid(f: np.ndarray, ref: Reference, reps: int, rng: np.random.Generator) -> list[float]:
@@ -190,14 +223,17 @@ def bootstrap_fid(f: np.ndarray, ref: Reference, reps: int, rng: np.random.Gener
         kh, kf = fh @ fh.T, f @ f.T
         fm = f @ ref.mu
         mu2 = float(ref.mu @ ref.mu)
-        for c in range(0, reps, 64):
-            ii = idx[c:c + 64]
+        cnt = np.zeros((reps, n))
+        np.add.at(cnt, (np.arange(reps)[:, None], idx), 1.0)  # how often each sample is drawn
+        step = max(1, int(2e7 // (n * n)))  # bound the (chunk, n, n) temporaries to ~160 MB
+        for c in range(0, reps, step):
+            ii = idx[c:c + step]
             sub_h = kh[ii[:, :, None], ii[:, None, :]]
-            sub_f = kf[ii[:, :, None], ii[:, None, :]]
-            tot_f = sub_f.sum((1, 2)) / n ** 2  # |mean|^2
-            trc_f = np.einsum("rii->r", sub_f) - n * tot_f  # sum |x_i - mean|^2
+            counts = cnt[c:c + step]
+            tot_f = np.einsum("ra,ab,rb->r", counts, kf, counts) / n ** 2  # |mean|^2 = w^T K w / n^2
+            trc_f = counts @ np.diag(kf) - n * tot_f  # sum |x_i - mean|^2
             g = sub_h - sub_h.mean(1, keepdims=True) - sub_h.mean(2, keepdims=True) + sub_h.mean((1, 2), keepdims=True)
-            ev = np.linalg.eigvalsh(g / (n - 1))
+            ev = torch.linalg.eigvalsh(torch.from_numpy(g / (n - 1))).numpy()  # one batched LAPACK call
             diff2 = tot_f - 2 * fm[ii].mean(1) + mu2
             out.extend((diff2 + trc_f / (n - 1) + tr_ref - 2 * np.sqrt(np.clip(ev, 0, None)).sum(1)).tolist())
         return out
@@ -218,8 +254,8 @@ def bootstrap_fid(f: np.ndarray, ref: Reference, reps: int, rng: np.random.Gener
 def proportion_ci(hits: np.ndarray, bootstrap: int, ci: float, seed: int = 0) -> tuple[float, float, float]:
     rng = np.random.default_rng(seed)
     p = float(hits.mean())
-    boots = [hits[rng.integers(0, len(hits), len(hits))].mean() for _ in range(bootstrap)]
-    lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if boots else (math.nan, math.nan)
+    boots = hits[rng.integers(0, len(hits), (bootstrap, len(hits)))].mean(1) if bootstrap else []
+    lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2]) if bootstrap else (math.nan, math.nan)
     return p, float(lo), float(hi)
 
 

@@ -139,6 +139,9 @@ def _warm_up(bb, cfg: dict, ref: Reference, extractor) -> None:
     once per process, not inside the first timed cell."""
     with torch.no_grad():
         bb.decode(torch.zeros((2,) + tuple(bb.latent_shape), device=cfg["device"]))
+        # the conditioner memoises per prompt: encode every prompt of the sweep once, here
+        n = int(cfg["sweep"]["n_samples"])
+        bb.conds([ref.prompts[i % len(ref.prompts)] for i in range(n)])
     if extractor is not None and ref.features is not None:
         m = cfg["metrics"]
         fid_kid(ref.features[:8].clone(), ref, bootstrap=2, ci=m["ci"], kid_subset=4)
@@ -237,8 +240,10 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
         if n < 2 * feats.shape[1]:
             rec["warnings"].append(f"N={n} is below 2 x feature dim ({2 * feats.shape[1]}): FID is biased upward and "
                                    "its covariance is rank-deficient; compare only at equal N")
+        t_fk = time.perf_counter()
         rec.update(fid_kid(feats, ref, bootstrap=m["bootstrap"], ci=m["ci"], kid_subset=m["kid_subset_size"],
                            seed=cell["seed_set"]))
+        rec["fid_kid_s"] = time.perf_counter() - t_fk
         rec["feature"] = extractor.identity()
         rec["reference"] = ref.identity
     if hits is not None:
