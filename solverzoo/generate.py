@@ -27,6 +27,7 @@ class Generated:
     wall_s: float
     sampling_s: float
     reference: Tensor | None = None  # DOP853 solve of the same ODE from the same noise (reference=True)
+    backbone_evals: float = 0.0  # full-network-equivalent evaluations per sample actually computed (= nfe without a cache)
 
 
 def check_needs(bb: Backbone, solver, grid: Tensor) -> None:
@@ -48,8 +49,9 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
              grid_options: dict | None = None, guidance: str | None = "cfg", scale: float = 4.0,
              negative_prompts: Sequence | None = None, seeds: Sequence[int] | None = None, device: str = "cpu",
              solver_options: dict | None = None, batch_size: int = 64, progress: bool = False,
-             reference: bool = False) -> Generated:
-    """Sample one image per prompt with per-sample seeds (``seeds[i]`` for image i)."""
+             reference: bool = False, cache: str | None = None, cache_options: dict | None = None) -> Generated:
+    """Sample one image per prompt with per-sample seeds (``seeds[i]`` for image i); ``cache``
+    names a registered cache (a fresh session per batch)."""
     t0 = time.perf_counter()
     solver_obj = registry.get("solver", solver)
     grid_name = grid or bb.default_grid
@@ -59,7 +61,7 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
     seeds = list(seeds if seeds is not None else range(len(prompts)))
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    outs, refs, nfe, samp = [], [], 0, 0.0
+    outs, refs, nfe, samp, evals = [], [], 0, 0.0, 0.0
     starts = range(0, len(prompts), batch_size)
     if progress:
         import sys
@@ -80,8 +82,10 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
         x = x * float(torch.sqrt(bb.model.schedule.alpha(times[:1]) ** 2 + bb.model.schedule.sigma(times[:1]) ** 2))
         step_gens = generators([10_000_019 + k for k in s])
         with torch.no_grad():
-            res = sample(solver_obj, den, x, times, generator=step_gens, **(solver_options or {}))
+            res = sample(solver_obj, den, x, times, generator=step_gens, cache=cache, cache_options=cache_options,
+                         **(solver_options or {}))
         outs.append(res.x)
+        evals += res.backbone_evals * len(p) / len(prompts)
         nfe = res.nfe  # per batch: identical for every batch
         if reference:  # the same (guided) ODE, same start and end, solved to high precision
             with torch.no_grad():
@@ -89,4 +93,4 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
         samp += res.wall_s
     lat = torch.cat(outs)
     images = torch.cat([bb.decode(lat[i:i + 256]) for i in range(0, len(lat), 256)])
-    return Generated(images, lat, nfe, time.perf_counter() - t0, samp, torch.cat(refs) if refs else None)
+    return Generated(images, lat, nfe, time.perf_counter() - t0, samp, torch.cat(refs) if refs else None, evals)

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 COLUMNS = ["backbone", "solver", "grid", "steps", "nfe", "guidance", "scale", "n_samples", "fid", "fid_ci_low",
-           "fid_ci_high", "kid", "clip_score", "prompt_accuracy", "wall_s", "status", "config_hash"]
+           "fid_ci_high", "kid", "clip_score", "prompt_accuracy", "wall_s", "status", "config_hash",
+           "cache", "backbone_evals", "flops_per_sample"]
 
 
 class ResultsError(ValueError):
@@ -37,6 +38,33 @@ def write_record(results_dir: str | Path, record: dict) -> Path:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def write_arrays(results_dir: str | Path, key: str, arrays: dict) -> Path:
+    """A cell's per-sample arrays (metric features, prompt hits) as safetensors, atomically, so
+    later cells and reports can make paired comparisons."""
+    from safetensors.torch import save_file
+    import torch
+
+    d = Path(results_dir) / "features"
+    d.mkdir(parents=True, exist_ok=True)
+    path, tmp = d / f"{key}.safetensors", d / f".{key}.{os.getpid()}.tmp"
+    save_file({k: torch.as_tensor(v).contiguous() for k, v in arrays.items() if v is not None}, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def read_arrays(results_dir: str | Path, key: str) -> dict | None:
+    path = Path(results_dir) / "features" / f"{key}.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged file only loses the paired comparison
+        print(f"solverzoo: warning: unreadable features file {path} ({exc}); skipping the paired comparison")
+        return None
 
 
 def _clean(obj):
@@ -83,14 +111,18 @@ def build_table(results_dir: str | Path):
         for k in ("kid_ci_low", "kid_ci_high", "prompt_accuracy_ci_low", "prompt_accuracy_ci_high", "seed_set",
                   "sampling_s", "backbone_s", "solver_s", "decode_s", "metric_s", "harness_s", "error", "warnings",
                   "sliced_wasserstein", "median_error", "mode_flip_rate", "feature", "reference", "grid_options",
-                  "solver_options"):
+                  "solver_options", "cache_options", "delta_fid", "delta_fid_ci_low", "delta_fid_ci_high",
+                  "delta_prompt_accuracy", "delta_prompt_accuracy_ci_low", "delta_prompt_accuracy_ci_high"):
             v = r.get(k)
             row[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
         rows.append(row)
     df = pd.DataFrame(rows)
+    df["cache"] = df["cache"].fillna("none")  # records from before the cache axis
+    df["backbone_evals"] = pd.to_numeric(df["backbone_evals"], errors="coerce").fillna(pd.to_numeric(df["nfe"], errors="coerce"))
+    df["flops_per_sample"] = pd.to_numeric(df["flops_per_sample"], errors="coerce")
     for c in ("fid", "fid_ci_low", "fid_ci_high", "kid", "clip_score", "prompt_accuracy", "wall_s", "scale"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    df = df.sort_values(["backbone", "solver", "grid", "guidance", "scale", "steps", "seed_set"]).reset_index(drop=True)
+    df = df.sort_values(["backbone", "solver", "grid", "cache", "guidance", "scale", "steps", "seed_set"]).reset_index(drop=True)
     out = Path(results_dir)
     df.to_parquet(out / "results.parquet", index=False)
     df.to_csv(out / "results.csv", index=False)

@@ -16,11 +16,12 @@ import torch
 
 from .. import __version__
 from ..backbones import load_backbone
+from ..caching import CacheError, estimate_flops, flops_per_sample
 from ..generate import generate
 from ..images import save_grid
-from .metrics import MetricUnavailable, Reference, clip_score, fid_kid, make_extractor, proportion_ci, stats
+from .metrics import MetricUnavailable, Reference, clip_score, fid_kid, make_extractor, paired_delta, proportion_ci, stats
 from ..registry import registry
-from .records import build_table, config_hash, read_record, records_dir, write_record
+from .records import build_table, config_hash, read_arrays, read_record, records_dir, write_arrays, write_record
 
 SEED_STRIDE = 1_000_003
 
@@ -33,9 +34,11 @@ def expand(cfg: dict, backbone) -> list[dict]:
     """The sweep's cells: seed set x guidance x solver x grid x steps (pinned settings included)."""
     sw, m = cfg["sweep"], cfg["metrics"]
     cells = []
-    for seed_set, g, solver, grid, steps in itertools.product(sw["seed_sets"], sw["guidance"], sw["solvers"], sw["grids"], sw["steps"]):
-        grid_name = backbone.default_grid if grid == "default" else grid
-        grid_opts = dict(backbone.default_grid_options) if grid == "default" else {}
+    caches = [_cache_entry(c) for c in sw.get("caches") or ["none"]]
+    grids = [_grid_entry(g, backbone) for g in sw["grids"]]
+    for seed_set, g, solver, (grid_name, grid_opts), steps, (cache, cache_opts) in itertools.product(
+            sw["seed_sets"], sw["guidance"], sw["solvers"], grids, sw["steps"], caches):
+        extra = {"cache": cache, "cache_options": cache_opts} if cache != "none" else {}  # no-cache hashes unchanged
         cells.append({
             "backbone": backbone.name, "backbone_weights": backbone.weights_id, "solver": solver,
             "solver_options": dict(sw.get("solver_options", {}).get(solver, {})), "grid": grid_name,
@@ -43,8 +46,33 @@ def expand(cfg: dict, backbone) -> list[dict]:
             "n_samples": int(sw["n_samples"]), "seed_set": int(seed_set),
             "metrics": {k: m[k] for k in ("fid", "kid", "prompt_accuracy", "clip_score", "feature", "reference", "resize",
                                           "antialias", "bootstrap", "ci", "kid_subset_size", "clip_model", "inception_weights")},
+            **extra,
         })
     return cells
+
+
+def _cache_entry(entry) -> tuple[str, dict]:
+    """A sweep's cache entry: ``none``, a name, or ``{name: teacache, threshold: 0.1, ...}``."""
+    if isinstance(entry, str):
+        return entry, {}
+    entry = dict(entry)
+    if "name" not in entry:
+        raise ValueError(f"sweep.caches entry {entry!r} needs a name (e.g. {{name: teacache, threshold: 0.1}})")
+    name = entry.pop("name")
+    return name, entry
+
+
+def _grid_entry(entry, backbone) -> tuple[str, dict]:
+    """A sweep's grid entry: ``default`` (the backbone's), a name, or ``{name: optimised, key: ...}``."""
+    if entry == "default":
+        return backbone.default_grid, dict(backbone.default_grid_options)
+    if isinstance(entry, str):
+        return entry, {}
+    entry = dict(entry)
+    if "name" not in entry:
+        raise ValueError(f"sweep.grids entry {entry!r} needs a name (e.g. {{name: karras, rho: 7}})")
+    name = entry.pop("name")
+    return name, entry
 
 
 @contextlib.contextmanager
@@ -58,6 +86,7 @@ def timed_net(model):
             return net(*a, **k)
         finally:
             acc[0] += time.perf_counter() - t
+    wrapped.__wrapped__ = net  # caches find the transformer through it
     model.net = wrapped
     try:
         yield acc
@@ -198,6 +227,7 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
                        grid_options=cell["grid_options"], guidance=guidance, scale=cell["scale"], seeds=seeds,
                        device=cfg["device"], solver_options=cell["solver_options"], batch_size=cfg["batch_size"],
                        progress=bool(cfg.get("progress", True)) and rank == 0,
+                       cache=cell.get("cache"), cache_options=cell.get("cache_options"),
                        reference=bb.world == "gmm" and not registry.get("solver", cell["solver"]).is_stochastic(**cell["solver_options"]))
     if not torch.isfinite(gen.latents).all():
         raise CellFailed("the samples contain NaN/inf")
@@ -217,7 +247,10 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
         hits = np.concatenate([p[2] for p in parts])[order] if hits is not None else None
     feat_s = time.perf_counter() - t_feat
     rec = dict(cell)
+    flops = _flops(bb, cfg["device"])
     rec.update(config_hash=config_hash(cell), nfe=gen.nfe, status="ok", error=None, warnings=[],
+               cache=cell.get("cache", "none"), backbone_evals=gen.backbone_evals,
+               flops_per_sample=flops_per_sample(flops, gen.nfe, gen.backbone_evals) if flops else math.nan,
                fid=math.nan, fid_ci_low=math.nan, fid_ci_high=math.nan, kid=math.nan, clip_score=math.nan,
                prompt_accuracy=math.nan, ranks=world, solverzoo=__version__, torch=torch.__version__)
     rec["warnings"].extend(skipped)
@@ -264,6 +297,10 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
             rec["warnings"].append(f"clip_score skipped: no CLIP model for the {bb.world} world "
                                    "(set metrics.clip_model=PATH to a Hugging Face CLIP)" if bb.world != "gmm" else
                                    "clip_score does not apply to the Gaussian-mixture backbone")
+    if rank == 0 and (feats is not None or hits is not None):
+        write_arrays(results_dir, rec["config_hash"], {"features": feats, "hits": None if hits is None else torch.from_numpy(hits)})
+        if "cache" in cell:
+            rec.update(_paired_vs_no_cache(cell, feats, hits, ref, m, results_dir))
     metric_s = time.perf_counter() - t_metric - metric_s_offset
     wall = time.perf_counter() - t0
     rec.update(wall_s=wall, sampling_s=gen.sampling_s, backbone_s=backbone_s[0], solver_s=gen.sampling_s - backbone_s[0],
@@ -273,6 +310,40 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
         # native-size thumbnails, light compression: the report upscales once when it composes its grid
         save_grid(gen.images[:8], results_dir / "samples" / f"{rec['config_hash']}.png", ncol=8, scale=1, compress_level=1)
     return rec
+
+
+def _paired_vs_no_cache(cell: dict, feats, hits, ref: Reference, m: dict, results_dir: Path) -> dict:
+    """Paired differences against the same cell without a cache, when that cell has run."""
+    twin = {k: v for k, v in cell.items() if k not in ("cache", "cache_options")}
+    arrays = read_arrays(results_dir, config_hash(twin))
+    if arrays is None or feats is None or "features" not in arrays:
+        return {}
+    hb = arrays["hits"].numpy() if "hits" in arrays and hits is not None else None
+    out = paired_delta(feats.double().numpy(), arrays["features"].double().numpy(), ref, m["bootstrap"], m["ci"],
+                       seed=cell["seed_set"], hits_a=hits, hits_b=hb)
+    return {**out, "paired_with": config_hash(twin)}
+
+
+_FLOPS: dict = {}
+
+
+def _flops(bb, device: str) -> dict | None:
+    """FLOPs of one evaluation of the backbone's network per sample (None where the backbone has
+    no transformer block stack, e.g. the analytic mixture)."""
+    key = (bb.name, bb.weights_id, device)
+    if key not in _FLOPS:
+        try:
+            x = torch.zeros((1,) + tuple(bb.latent_shape), device=device)
+            cond = {k: v.to(device) for k, v in bb.conds([_any_prompt(bb)])["cond"].items()}
+            t = torch.full((1,), float(bb.model.constants(0.5 * float(bb.model.schedule.t_max))[0]), device=device)
+            _FLOPS[key] = estimate_flops(bb.model.net, x, t, cond)
+        except CacheError:
+            _FLOPS[key] = None
+    return _FLOPS[key]
+
+
+def _any_prompt(bb):
+    return 0 if bb.world in ("gmm", "digits") else "a red circle"
 
 
 def _prompt_hits(bb, images, latents, prompts) -> np.ndarray:
@@ -334,7 +405,8 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
               f"{len(todo)} to run -> {results_dir}", flush=True)
     bar = tqdm(todo, desc="sweep", unit="cell", disable=not cfg.get("progress", True) or rank != 0, file=sys.stderr)
     for cell in bar:
-        label = f"{cell['solver']} {cell['grid']} {cell['steps']} steps {cell['guidance']} {cell['scale']:g} seeds {cell['seed_set']}"
+        label = (f"{cell['solver']} {cell['grid']} {cell['steps']} steps {cell['guidance']} {cell['scale']:g} "
+                 f"seeds {cell['seed_set']}" + (f" cache {cell['cache']} {cell['cache_options']}" if "cache" in cell else ""))
         try:
             rec = run_cell(cell, bb, ref, extractor, cfg, results_dir)
         except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, not fatal
@@ -345,7 +417,7 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
         if rank == 0:
             write_record(results_dir, rec)
             if rec["status"] == "ok":
-                tqdm.write(f"  done {label}: NFE {rec['nfe']}, FID {rec['fid']:.3f} [{rec['fid_ci_low']:.3f}, "
+                tqdm.write(f"  done {label}: NFE {rec['nfe']}, backbone evals {rec['backbone_evals']:.1f}, FID {rec['fid']:.3f} [{rec['fid_ci_low']:.3f}, "
                            f"{rec['fid_ci_high']:.3f}], prompt acc {rec['prompt_accuracy']:.3f}, {rec['wall_s']:.1f} s",
                            file=sys.stderr)
             else:
