@@ -51,7 +51,7 @@ class Bf16Net(torch.nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net = net.to(torch.bfloat16)
-        self.blocks = self.net.blocks  # caches see the same blocks
+        self.module = self.net  # caches find the DiT (and its blocks) through it
 
     def forward(self, x, t, **cond):
         cond = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in cond.items()}
@@ -175,7 +175,7 @@ def compile_speed(net, cfg, sched, conds, device, solver_name="dpmpp_2m", steps=
 
 
 def cache_speed(net, cfg, sched, conds, device, solver_name="dpmpp_2m", steps=50, batch=64):
-    names = registry.names("cache") if "cache" in registry.kinds() else []
+    names = registry.names("cache")
     solver = registry.get("solver", solver_name)
     grid = sz.get_grid("flow_shift")(sched, steps, shift=2.0)
     x = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(device)

@@ -123,7 +123,7 @@ class TaylorSeer(Cache):
             hist.insert(0, (call.t.float(), tuple(o - i for o, i in zip(out, streams))))
             del hist[self.order + 1:]
             return out
-        return tuple(i + r for i, r in zip(streams, self._forecast(hist, call.t.float())))
+        return tuple(i + r.to(i.dtype) for i, r in zip(streams, self._forecast(hist, call.t.float())))
 
     @staticmethod
     def _forecast(hist, t):

@@ -118,7 +118,18 @@ def explicit(schedule, steps, *, times: tuple = ()):
     return torch.as_tensor(list(times), dtype=torch.float64)
 
 
+@time_grid("optimised")
+def optimised(schedule, steps, *, key: str = ""):
+    """A grid optimised for one model, solver and step count (``solverzoo optimise-grid``), by key."""
+    from solverzoo.grid_search import grid_for
+
+    if not key:
+        raise GridError("optimised: pass key=NAME of a saved grid (e.g. grid: {name: optimised, key: gmm-dpmpp_2m-none}); "
+                        "`solverzoo optimise-grid` makes them")
+    return grid_for(schedule, steps, key)
+
+
 @hookimpl
 def register_grids(register):
-    for g in (leading, linspace, trailing, karras, logsnr, flow_shift, explicit):
+    for g in (leading, linspace, trailing, karras, logsnr, flow_shift, explicit, optimised):
         register(g)

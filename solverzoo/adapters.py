@@ -84,6 +84,7 @@ def diffusers_model(module, scheduler_config) -> Model:
     else:
         raise TypeError(f"no solverzoo adapter for {name}; supported: UNet2DModel, UNet2DConditionModel, "
                         "DiTTransformer2DModel, SD3Transformer2DModel, FluxTransformer2DModel")
+    net.module = module  # caches find the transformer's block stack through it
     return Model(net, prediction, schedule, time_input=time_input)
 
 

@@ -226,11 +226,36 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("results", help="a results_dir written by `solverzoo bench`")
     rp.add_argument("--out", default=None, help="output folder (default: RESULTS/report)")
     rp.set_defaults(fn=cmd_report)
+    og = sub.add_parser("optimise-grid", help="optimise a time grid for one backbone, solver and step count(s) and save it by key")
+    og.add_argument("--backbone", required=True)
+    og.add_argument("--solver", required=True, help="a deterministic fixed-step solver, e.g. dpmpp_2m")
+    og.add_argument("--steps", type=int, nargs="+", required=True)
+    og.add_argument("--guidance", default="none", help="guidance the grid is for (none, cfg, ...)")
+    og.add_argument("--scale", type=float, default=1.0)
+    og.add_argument("--base-grid", default="auto", help="starting grid: auto (best built-in on the calibration set), default, or a name")
+    og.add_argument("--n", type=int, default=256, help="calibration samples (own seeds and prompts, never the harness's)")
+    og.add_argument("--max-evals", type=int, default=300, help="objective evaluations per step count")
+    og.add_argument("--key", default=None, help="name to save under (default BACKBONE-SOLVER-GUIDANCE)")
+    og.add_argument("--out", default=None, help="folder to save into (default ~/.cache/solverzoo/grids; ./grids and "
+                    "$SOLVERZOO_GRIDS are searched too)")
+    og.add_argument("--device", default="cpu")
+    og.set_defaults(fn=cmd_optimise_grid)
     tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/configs/train)")
     tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow", "digits_classifier", "digits_dit", "clip"])
     tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")
     tr.set_defaults(fn=cmd_train)
     return p
+
+
+def cmd_optimise_grid(args) -> int:
+    from .grid_search import optimise_grid
+
+    path, data = optimise_grid(args.backbone, args.solver, args.steps, guidance=args.guidance, scale=args.scale,
+                               base_grid=args.base_grid, n=args.n, max_evals=args.max_evals, key=args.key,
+                               out_dir=args.out, device=args.device)
+    print(f"saved {path}; use it as grid=optimised with key={data['key']} "
+          f"(sweeps: grids: [{{name: optimised, key: {data['key']}}}])")
+    return 0
 
 
 def cmd_report(args) -> int:

@@ -108,7 +108,7 @@ class DiT(nn.Module):
                 pooled: Tensor | None = None, label: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
         h = self.embed(x).flatten(2).transpose(1, 2) + self.pos
-        c = self.t_mlp(timestep_embedding(t, 256))
+        c = self.t_mlp(timestep_embedding(t, 256).to(self.embed.weight.dtype))
         ctx = None
         if self.text_proj is not None:
             if tokens is None:

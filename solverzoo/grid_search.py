@@ -1,0 +1,261 @@
+"""Optimised time grids: choose where a solver's steps fall for one model, solver and NFE.
+
+:func:`optimise_grid` minimises, on a calibration set (its own seeds and prompts, never the
+benchmark's), the mean endpoint error of ``solver`` on ``steps`` steps against a reference
+solve of the same (guided) probability-flow ODE from the same noise: DOP853 for analytic
+backbones, a many-step run of a second-order solver otherwise. This is the criterion of
+"Align Your Steps" (Sabour et al., 2024) and GITS (Chen et al., 2024) in its plainest form:
+the discrepancy to a fine reference trajectory at the end point, optimised directly for the
+solver that will use the grid.
+
+The grid's interior points are ``t_i = t_start - u_i (t_start - t_end)`` with
+``u = cumsum(softmax(theta))``, so every candidate is strictly decreasing with the start and
+end of the base grid; ``theta`` starts at the best built-in grid (its exact image) and is
+refined with Powell's derivative-free method. The result is saved as JSON (times in float64,
+the objective before and after, the calibration set and versions) and served by the
+``optimised`` grid plugin by key: ``grid: {name: optimised, key: gmm-dpmpp_2m-none}``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .grid import GridError, validate_grid
+
+SHIPPED_DIR = Path(__file__).parent / "grids"
+CALIBRATION_SEED = 2_000_000_011  # noise seeds of the calibration set start here (the harness uses 0..)
+BUILTIN_CANDIDATES = ("karras", "logsnr", "flow_shift", "linspace", "trailing", "leading")
+
+
+def search_path() -> list[Path]:
+    """Where saved grids are looked up, first match wins: ``$SOLVERZOO_GRIDS`` (``:``-separated),
+    ``./grids``, ``~/.cache/solverzoo/grids``, then the grids shipped inside the package."""
+    env = [Path(p) for p in os.environ.get("SOLVERZOO_GRIDS", "").split(os.pathsep) if p]
+    return env + [Path("grids"), Path.home() / ".cache" / "solverzoo" / "grids", SHIPPED_DIR]
+
+
+def _check_key(key: str) -> str:
+    if not key or not all(c.isalnum() or c in "-_." for c in key) or key.startswith("."):
+        raise GridError(f"optimised grid key {key!r} must be a non-empty name of letters, digits, '-', '_' and '.'")
+    return key
+
+
+def find(key: str) -> Path:
+    _check_key(key)
+    for d in search_path():
+        p = d / f"{key}.json"
+        if p.is_file():
+            return p
+    avail = sorted({p.stem for d in search_path() if d.is_dir() for p in d.glob("*.json")})
+    raise GridError(f"no optimised grid {key!r} in {[str(d) for d in search_path()]}; available: {avail or 'none'}. "
+                    f"Make one with `solverzoo optimise-grid --backbone NAME --solver NAME --steps N ... --key {key}`")
+
+
+def load(key: str) -> dict:
+    path = find(key)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data.get("grids"), dict):
+            raise ValueError("no 'grids' table")
+        return data
+    except (OSError, ValueError) as exc:
+        raise GridError(f"optimised grid file {path} is unreadable ({exc}); delete it or make it again") from exc
+
+
+def schedule_signature(schedule) -> dict:
+    return {k: (round(v, 12) if isinstance(v, float) else v) for k, v in schedule.describe().items()}
+
+
+def grid_for(schedule, steps: int, key: str) -> torch.Tensor:
+    """The saved grid ``key`` for ``steps`` steps, checked against ``schedule``."""
+    data = load(key)
+    want, have = schedule_signature(schedule), data.get("schedule")
+    if have is not None and have != want:
+        raise GridError(f"optimised grid {key!r} was made for schedule {have}, but this model's schedule is {want}")
+    times = data["grids"].get(str(steps))
+    if times is None:
+        raise GridError(f"optimised grid {key!r} has no {steps}-step grid (it has {sorted(map(int, data['grids']))} steps); "
+                        f"make one with `solverzoo optimise-grid ... --steps {steps} --key {key}`")
+    return validate_grid(torch.tensor(times, dtype=torch.float64), schedule, steps=steps, name=f"optimised:{key}")
+
+
+def save(data: dict, out_dir: str | Path) -> Path:
+    """Write (or merge into) ``out_dir/KEY.json`` atomically; grids for other step counts stay."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{_check_key(data['key'])}.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        same = {k: old.get(k) for k in ("backbone", "backbone_weights", "solver", "guidance", "scale", "schedule")}
+        if same != {k: data.get(k) for k in same}:
+            raise GridError(f"{path} holds grids for a different setting {same}; choose another --key")
+        old["grids"].update(data["grids"])
+        old["runs"] = {**old.get("runs", {}), **data["runs"]}
+        data = old
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+# -- the optimiser ----------------------------------------------------------------------------
+def _times(theta: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
+    w = np.exp(theta - theta.max())
+    u = np.concatenate([[0.0], np.cumsum(w / w.sum())])
+    u[-1] = 1.0
+    return t_start - u * (t_start - t_end)
+
+
+def _theta(times: np.ndarray) -> np.ndarray:
+    inc = -np.diff(times) / (times[0] - times[-1])
+    return np.log(inc)
+
+
+class Calibration:
+    """The calibration problem: denoiser batches, their starting noise and reference endpoints."""
+
+    def __init__(self, bb, solver: str, *, guidance: str | None, scale: float, n: int, batch: int = 256,
+                 reference_steps: int = 200, device: str = "cpu"):
+        from .generate import check_needs  # noqa: F401  (same needs checks as sampling)
+        from .guidance import GuidedDenoiser
+        from .noise import generators, randn
+        from .registry import registry
+        from .sampling import sample
+
+        self.bb, self.solver, self.sample = bb, registry.get("solver", solver), sample
+        if self.solver.is_stochastic() or self.solver.adaptive:
+            raise ValueError(f"grid optimisation needs a deterministic fixed-step solver; {solver!r} is "
+                             f"{'stochastic' if self.solver.is_stochastic() else 'adaptive'}")
+        self.schedule = bb.model.schedule
+        prompts = _calibration_prompts(bb, n)
+        self.batches = []
+        for i in range(0, n, batch):
+            p = prompts[i:i + batch]
+            conds = {k: {kk: vv.to(device) for kk, vv in c.items()} for k, c in bb.conds(p).items()}
+            den = bb.model.denoiser(conds["cond"]) if guidance in (None, "none") else \
+                GuidedDenoiser(bb.model, registry.get("guidance", guidance)(scale=scale), conds)
+            x = randn((len(p),) + tuple(bb.latent_shape), generators([CALIBRATION_SEED + i + j for j in range(len(p))]), device=device)
+            self.batches.append((den, x))
+        self.reference_kind = "dop853 (rtol 1e-10)" if bb.world == "gmm" else f"heun, {reference_steps} steps on the base grid"
+        self.reference_steps = reference_steps
+        self.evals = 0
+
+    def references(self, t_start: float, t_end: float, base_grid, base_opts: dict) -> None:
+        from .registry import registry
+
+        self.refs = []
+        for den, x in self.batches:
+            x0 = self._start(x, t_start)
+            with torch.no_grad():
+                if self.bb.world == "gmm":
+                    ref = self.sample("dop853", den, x0.double(), torch.tensor([t_start, t_end], dtype=torch.float64)).x
+                else:  # the base family's spacing, stretched onto [t_start, t_end]
+                    fine = registry.get("grid", base_grid)(self.schedule, self.reference_steps, **base_opts)
+                    u = (fine[0] - fine) / (fine[0] - fine[-1])
+                    ref = self.sample("heun", den, x0, t_start - u * (t_start - t_end)).x
+            self.refs.append(ref.double())
+
+    def _start(self, x, t_start):
+        a, s = self.schedule.alpha_sigma(torch.tensor(t_start, dtype=torch.float64))
+        return x * float(torch.sqrt(a * a + s * s))
+
+    def errors(self, times: np.ndarray) -> np.ndarray:
+        """Per-sample RMS endpoint error of the solver on ``times`` (inf for an invalid grid)."""
+        grid = torch.from_numpy(np.asarray(times, dtype=np.float64))
+        if not (np.all(np.diff(times) < 0) and np.all(np.isfinite(times))):
+            return np.full(sum(len(x) for _, x in self.batches), np.inf)
+        out = []
+        for (den, x), ref in zip(self.batches, self.refs):
+            with torch.no_grad():
+                y = self.sample(self.solver, den, self._start(x, float(times[0])), grid, check_finite=False).x
+            self.evals += 1
+            e = ((y.double() - ref) ** 2).flatten(1).mean(1).sqrt()
+            out.append(e.cpu().numpy())
+        e = np.concatenate(out)
+        return np.where(np.isfinite(e), e, np.inf)
+
+
+def _calibration_prompts(bb, n: int) -> list:
+    """Prompts of the calibration set: a draw of the backbone's world that the harness never uses."""
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    if bb.world == "gmm":
+        return rng.integers(0, bb.gmm.num_classes, n).tolist()
+    if bb.world == "digits":
+        return [f"a handwritten {d}" for d in rng.integers(0, 10, n)]
+    if bb.world == "shapes":
+        from .worlds import ShapesWorld
+
+        return ShapesWorld(CALIBRATION_SEED % 100_000).batch(0, n)[1]
+    raise ValueError(f"no calibration prompts for the {bb.world!r} world")
+
+
+def optimise_grid(backbone: str, solver: str, steps: Sequence[int], *, guidance: str | None = None, scale: float = 1.0,
+                  base_grid: str = "auto", n: int = 256, max_evals: int = 300, key: str | None = None,
+                  out_dir: str | Path | None = None, device: str = "cpu", log=print) -> tuple[Path, dict]:
+    """Optimise grids for ``solver`` on ``backbone`` at each step count; save them under ``key``."""
+    from scipy.optimize import minimize
+
+    from . import __version__
+    from .backbones import load_backbone
+    from .registry import registry
+
+    bb = load_backbone(backbone, device)
+    guidance = None if guidance in (None, "none") else guidance
+    key = key or f"{backbone}-{solver}-{guidance or 'none'}{'' if guidance is None else f'{scale:g}'}"
+    cal = Calibration(bb, solver, guidance=guidance, scale=scale, n=n, device=device)
+    data = {"key": key, "backbone": backbone, "backbone_weights": bb.weights_id, "solver": solver,
+            "guidance": guidance or "none", "scale": float(scale) if guidance else 1.0,
+            "schedule": schedule_signature(bb.model.schedule), "grids": {}, "runs": {},
+            "criterion": "mean over the calibration set of the RMS endpoint error vs the reference solve",
+            "calibration": {"n": n, "noise_seeds": f"{CALIBRATION_SEED} + i", "prompts": "world draw, seed "
+                            f"{CALIBRATION_SEED}", "reference": cal.reference_kind}}
+    for k in steps:
+        t0 = time.perf_counter()
+        cands = [(bb.default_grid, dict(bb.default_grid_options))] if base_grid == "default" else \
+            [(g, {}) for g in BUILTIN_CANDIDATES] + [(bb.default_grid, dict(bb.default_grid_options))] if base_grid == "auto" \
+            else [(base_grid, {})]
+        scored = []
+        ref_key = None
+        for g, opts in cands:
+            try:
+                times = registry.get("grid", g)(bb.model.schedule, int(k), **opts).numpy()
+            except (GridError, ValueError):
+                continue
+            if ref_key != (float(times[0]), float(times[-1])):  # one reference per start / end pair
+                ref_key = (float(times[0]), float(times[-1]))
+                cal.references(*ref_key, bb.default_grid, dict(bb.default_grid_options))
+            e = cal.errors(times)
+            scored.append((float(e.mean()), float(np.median(e)), g, opts, times, ref_key))
+        scored.sort(key=lambda s: s[0])
+        best_mean, best_median, g, opts, times, ref_key = scored[0]
+        cal.references(*ref_key, bb.default_grid, dict(bb.default_grid_options))
+        t_start, t_end = float(times[0]), float(times[-1])
+        obj = lambda th: float(cal.errors(_times(th, t_start, t_end)).mean())  # noqa: E731
+        res = minimize(obj, _theta(times), method="Powell", options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-6})
+        new = _times(res.x, t_start, t_end)
+        e_new = cal.errors(new)
+        if not e_new.mean() < best_mean:  # never worse than the base on the calibration set
+            new, e_new = times, cal.errors(times)
+        data["grids"][str(int(k))] = [float(v) for v in new]
+        data["runs"][str(int(k))] = {
+            "base_grid": g, "base_grid_options": opts, "base_times": [float(v) for v in times],
+            "builtin_scores": {s[2]: {"mean_error": s[0], "median_error": s[1]} for s in scored},
+            "mean_error_before": best_mean, "mean_error_after": float(e_new.mean()),
+            "median_error_before": best_median, "median_error_after": float(np.median(e_new)),
+            "objective_evals": int(res.nfev), "seconds": round(time.perf_counter() - t0, 1)}
+        r = data["runs"][str(int(k))]
+        log(f"{key} {k} steps: base {g} mean error {best_mean:.4g} -> {r['mean_error_after']:.4g} "
+            f"(median {best_median:.4g} -> {r['median_error_after']:.4g}) in {r['objective_evals']} evaluations, "
+            f"{r['seconds']} s")
+    data["versions"] = {"solverzoo": __version__, "torch": torch.__version__}
+    data["command"] = (f"solverzoo optimise-grid --backbone {backbone} --solver {solver} --steps {' '.join(map(str, steps))} "
+                       f"--guidance {guidance or 'none'} --scale {scale:g} --n {n} --max-evals {max_evals} --key {key}")
+    path = save(data, out_dir or (Path.home() / ".cache" / "solverzoo" / "grids"))
+    return path, data
