@@ -277,8 +277,10 @@ class CacheSession:
 
 def estimate_flops(net: Callable, x: Tensor, t: Tensor, cond: dict | None = None) -> dict:
     """FLOPs of one network evaluation per row: ``{"full", "block", "depth"}``, counted by torch's
-    FLOP counter on a batch of one (matrix products and attention; elementwise work is not
-    counted). Every block is assumed to cost what the first one does."""
+    FLOP counter on a batch of one: matrix products and convolutions; elementwise work is not
+    counted, and neither is fused attention where the backend's kernel has no FLOP formula
+    (CPU scaled_dot_product_attention in torch 2.13, about 8% of a shapes-DiT block). Every
+    block is assumed to cost what the first one does."""
     from torch.utils.flop_counter import FlopCounterMode
 
     module, spec = find_stack(net)

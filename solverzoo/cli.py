@@ -169,11 +169,12 @@ def cmd_sample(args) -> int:
         guidance = "negative_prompt"
     out = generate(bb, prompts, solver=args.solver, steps=args.steps, grid=args.grid, guidance=guidance, scale=args.scale,
                    negative_prompts=neg, seeds=range(args.seed, args.seed + args.n), device=args.device,
-                   solver_options=_parse_options(args.option))
+                   solver_options=_parse_options(args.option), grid_options=_parse_options(args.grid_option),
+                   cache=args.cache, cache_options=_parse_options(args.cache_option))
     path = save_grid(out.images, args.out)
     print(f"wrote {path}: {args.n} samples of {args.prompt!r} from {bb.name}, solver {args.solver}, {args.steps} steps, "
           f"guidance {guidance or 'none'}" + (f" scale {args.scale}" if guidance else ""))
-    print(f"NFE per sample: {out.nfe}; wall time {out.wall_s:.2f} s (sampling {out.sampling_s:.2f} s; backbone load {load_s:.2f} s)")
+    print(f"NFE per sample: {out.nfe}; backbone evaluations {out.backbone_evals:.1f}; wall time {out.wall_s:.2f} s (sampling {out.sampling_s:.2f} s; backbone load {load_s:.2f} s)")
     return 0
 
 
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=16)
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
+    sp.add_argument("--grid-option", action="append", metavar="NAME=VALUE", help="grid option, repeatable (e.g. key=... for --grid optimised)")
+    sp.add_argument("--cache", default=None, help="a registered cache (teacache, first_block, taylorseer)")
+    sp.add_argument("--cache-option", action="append", metavar="NAME=VALUE", help="cache option, repeatable (e.g. threshold=0.05)")
     sp.add_argument("--out", default="grid.png")
     sp.set_defaults(fn=cmd_sample)
     sub.add_parser("bench", help="run a benchmark sweep (Hydra app: solverzoo bench [overrides] [-m] [--fail-fast])")

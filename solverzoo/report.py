@@ -188,12 +188,15 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     if "median_error" in ok and ok.median_error.notna().any():
         lines += ["## Exact metrics (analytic backbone)", "", "Against a DOP853 solve (rtol 1e-10) of the same guided ODE "
                   "from the same noise: median endpoint error and mode-flip rate; sliced Wasserstein to exact samples.", "",
-                  "| solver | steps | guidance | NFE | median error | mode flips | sliced W1 |", "|---|---|---|---|---|---|---|"]
-        for _, r in ok.dropna(subset=["median_error"]).sort_values(["solver", "steps"]).iterrows():
-            lines.append(f"| {r.solver} | {int(r.steps)} | {_label(r)} | {int(r.nfe)} | {float(r.median_error):.2e} | "
+                  "| solver | grid | cache | steps | guidance | NFE | median error | mode flips | sliced W1 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for _, r in ok.dropna(subset=["median_error"]).sort_values(["solver", "steps", "grid_label"]).iterrows():
+            lines.append(f"| {r.solver} | {r.grid_label} | {r.cache_label} | {int(r.steps)} | {_label(r)} | {int(r.nfe)} | "
+                         f"{float(r.median_error):.2e} | "
                          f"{float(r.mode_flip_rate):.3f} | {float(r.sliced_wasserstein):.4f} |")
         lines.append("")
     lines += _cache_section(ok)
+    lines += _grid_section(ok)
     # cost table
     lines += ["## Cost", "", "Mean per cell: wall time, sampling (backbone forward vs solver's own work), decoding, metrics.", "",
               "| solver | NFE | wall s | sampling s | backbone s | solver s | decode s | metrics s |", "|---|---|---|---|---|---|---|---|"]
@@ -240,7 +243,7 @@ def _cache_section(ok) -> list[str]:
     base = {tuple(r[k] for k in keys): r for _, r in ok[ok.cache_label == "none"].iterrows()}
     lines = ["## Caching", "", "Each cache against the same cell without one (same solver, grid, steps, guidance and "
              "seeds). Backbone evaluations are full-network equivalents per sample actually computed; FLOPs are "
-             "torch's FLOP-counter estimate (matrix products and attention). 'inside CI' means the cached value "
+             "torch's FLOP-counter estimate (matrix products; see solverzoo.caching.estimate_flops). 'inside CI' means the cached value "
              "lies within the uncached cell's 95% bootstrap interval. Because sample i shares its noise and prompt "
              "in both cells, the paired differences (cached minus uncached, same bootstrap resamples for both) "
              "are much tighter: an interval containing 0 means no detectable change at this N.", "",
@@ -261,6 +264,35 @@ def _cache_section(ok) -> list[str]:
                      f"{_fmt(r.prompt_accuracy)} | {_fmt(b.prompt_accuracy)} [{_fmt(b.get('prompt_accuracy_ci_low'))}, "
                      f"{_fmt(b.get('prompt_accuracy_ci_high'))}] | {acc_in} | {_delta(r, 'delta_prompt_accuracy')} | "
                      f"{r.wall_s:.2f} ({b.wall_s:.2f}) |")
+    return lines + [""]
+
+
+def _grid_section(ok) -> list[str]:
+    """Optimised grids against the best built-in grid for the same solver, steps and guidance."""
+    opt = ok[ok.grid_label.str.startswith("optimised:") & (ok.cache_label == "none")]
+    if opt.empty:
+        return []
+    exact = "median_error" in ok and ok.median_error.notna().any()
+    metric = "median_error" if exact else "fid"
+    keys = ["backbone", "solver", "steps", "guidance", "scale", "seed_set"]
+    lines = ["## Optimised grids", "", f"Each optimised grid against every built-in grid for the same solver, steps, "
+             f"guidance and seeds; 'best built-in' is the built-in grid with the lowest {metric.replace('_', ' ')}. "
+             "The optimised grids were fitted on a separate calibration set (own seeds and prompts).", "",
+             f"| backbone | solver | steps | guidance | NFE | optimised grid | {metric} | best built-in | its {metric} | "
+             "change | FID optimised / best built-in | prompt acc optimised / best built-in |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    builtin = ok[~ok.grid_label.str.startswith("optimised:") & (ok.cache_label == "none")]
+    for _, r in opt.sort_values(keys).iterrows():
+        peers = builtin
+        for k in keys:
+            peers = peers[peers[k] == r[k]]
+        peers = peers.dropna(subset=[metric])
+        if peers.empty or r[metric] != r[metric]:
+            continue
+        b = peers.sort_values(metric).iloc[0]
+        change = (float(r[metric]) - float(b[metric])) / float(b[metric])
+        lines.append(f"| {r.backbone} | {r.solver} | {int(r.steps)} | {_label(r)} | {int(r.nfe)} | {r.grid_label} | "
+                     f"{float(r[metric]):.4g} | {b.grid_label} | {float(b[metric]):.4g} | {change:+.1%} | "
+                     f"{_fmt(r.fid)} / {_fmt(b.fid)} | {_fmt(r.prompt_accuracy)} / {_fmt(b.prompt_accuracy)} |")
     return lines + [""]
 
 

@@ -16,7 +16,8 @@ import torch
 from solverzoo.bench.metrics import frechet, stats
 from solverzoo.bench.records import COLUMNS
 
-QUICK = ["backbone=gmm", "sweep=quick", "metrics.bootstrap=20", "progress=false"]
+# the quick preset pinned to one grid and two step counts: these tests are about the harness itself
+QUICK = ["backbone=gmm", "sweep=quick", "sweep.grids=[default]", "sweep.steps=[4,8]", "metrics.bootstrap=20", "progress=false"]
 
 
 def bench(*args, cwd=None, timeout=600, env=None):
@@ -47,8 +48,26 @@ def test_quick_sweep_writes_table_and_report(tmp_path):
     assert [p.stat().st_mtime_ns for p in recs] == mtimes
 
 
+def test_the_quick_preset_covers_an_optimised_grid_and_skips_caches_with_a_reason(tmp_path):
+    out = bench("backbone=gmm", "sweep=quick", "metrics.bootstrap=20", "progress=false", f"results_dir={tmp_path}/r")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "caches ['teacache'] skipped on gmm" in out.stderr  # no transformer block stack on the analytic backbone
+    df = pd.read_parquet(tmp_path / "r" / "results.parquet")
+    assert len(df) == 8 and (df.status == "ok").all() and set(df.grid) == {"logsnr", "optimised"}
+    assert (df.cache == "none").all() and (df.backbone_evals == df.nfe).all()
+    opt = df[df.grid == "optimised"]
+    assert opt.median_error.notna().all()
+    index = (tmp_path / "r" / "report" / "index.md").read_text()
+    assert "## Optimised grids" in index and "optimised:gmm-dpmpp_2m-cfg4" in index
+    # a sweep naming a saved grid that was made for other step counts skips those cells, saying why
+    out = bench("backbone=gmm", "sweep=quick", "sweep.steps=[4]", "metrics.bootstrap=20", "progress=false",
+                f"results_dir={tmp_path}/r4")
+    assert out.returncode == 0 and "has no 4-step grid" in out.stderr
+    assert set(pd.read_parquet(tmp_path / "r4" / "results.parquet").grid) == {"logsnr"}
+
+
 def test_sigkill_mid_sweep_then_resume(tmp_path):
-    args = ["backbone=gmm", "sweep=quick", "sweep.steps=[3,5,7,9,11,13,15,17,19,21,23,25]", "sweep.n_samples=400",
+    args = ["backbone=gmm", "sweep=quick", "sweep.grids=[default]", "sweep.steps=[3,5,7,9,11,13,15,17,19,21,23,25]", "sweep.n_samples=400",
             "metrics.bootstrap=200", "progress=false", f"results_dir={tmp_path}/r"]
     proc = subprocess.Popen([sys.executable, "-m", "solverzoo.cli", "bench", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -62,7 +62,14 @@ def test_quick_sweep_on_the_default_backbone(tmp_path):
                           f"results_dir={tmp_path}/r"], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     df = pd.read_parquet(tmp_path / "r" / "results.parquet")
-    assert len(df) == 4 and (df.status == "ok").all() and df.backbone.eq("shapes-flow").all()
+    # 2 solvers x (default, optimised) grids x 2 step counts x (no cache, TeaCache)
+    assert len(df) == 16 and (df.status == "ok").all() and df.backbone.eq("shapes-flow").all()
+    assert set(df.grid) == {"flow_shift", "optimised"} and set(df.cache) == {"none", "teacache"}
+    cached = df[df.cache == "teacache"]
+    assert (cached.backbone_evals <= cached.nfe).all() and (df.flops_per_sample > 0).all()
+    assert cached.delta_fid.notna().all()  # paired with the uncached twin
+    index = (tmp_path / "r" / "report" / "index.md").read_text()
+    assert "## Caching" in index and "## Optimised grids" in index
     assert df.fid.notna().all() and df.prompt_accuracy.notna().all() and df.kid.notna().all()
     rec = json.loads(next((tmp_path / "r" / "records").glob("*.json")).read_text())
     assert rec["feature"]["name"] == "shapes-attribute-classifier" and rec["reference"]["n"] == 1000

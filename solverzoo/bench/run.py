@@ -16,10 +16,11 @@ import torch
 
 from .. import __version__
 from ..backbones import load_backbone
-from ..caching import CacheError, estimate_flops, flops_per_sample
+from ..caching import CacheError, estimate_flops, find_stack, flops_per_sample
 from ..generate import generate
 from ..images import save_grid
 from .metrics import MetricUnavailable, Reference, clip_score, fid_kid, make_extractor, paired_delta, proportion_ci, stats
+from ..grid import GridError
 from ..registry import registry
 from .records import build_table, config_hash, read_arrays, read_record, records_dir, write_arrays, write_record
 
@@ -30,14 +31,35 @@ class CellFailed(RuntimeError):
     pass
 
 
-def expand(cfg: dict, backbone) -> list[dict]:
-    """The sweep's cells: seed set x guidance x solver x grid x steps (pinned settings included)."""
+def expand(cfg: dict, backbone, skipped: list | None = None) -> list[dict]:
+    """The sweep's cells: seed set x guidance x solver x grid x steps x cache (pinned settings
+    included). Caches that cannot apply to the backbone (no transformer block stack) are left
+    out, with the reason appended to ``skipped``."""
     sw, m = cfg["sweep"], cfg["metrics"]
     cells = []
     caches = [_cache_entry(c) for c in sw.get("caches") or ["none"]]
+    if any(c != "none" for c, _ in caches):
+        try:
+            find_stack(backbone.model.net)
+        except CacheError as exc:
+            if skipped is not None:
+                skipped.append(f"caches {[c for c, _ in caches if c != 'none']} skipped on {backbone.name}: {exc}")
+            caches = [c for c in caches if c[0] == "none"]
     grids = [_grid_entry(g, backbone) for g in sw["grids"]]
+    missing = set()
+    for grid_name, grid_opts in grids:  # saved grids made for another backbone / step count do not apply
+        if grid_name == "optimised":
+            for steps in sw["steps"]:
+                try:
+                    registry.get("grid", grid_name)(backbone.model.schedule, int(steps), **grid_opts)
+                except GridError as exc:
+                    missing.add((grid_opts.get("key"), int(steps)))
+                    if skipped is not None:
+                        skipped.append(f"grid optimised key={grid_opts.get('key')} skipped at {steps} steps: {exc}")
     for seed_set, g, solver, (grid_name, grid_opts), steps, (cache, cache_opts) in itertools.product(
             sw["seed_sets"], sw["guidance"], sw["solvers"], grids, sw["steps"], caches):
+        if grid_name == "optimised" and (grid_opts.get("key"), int(steps)) in missing:
+            continue
         extra = {"cache": cache, "cache_options": cache_opts} if cache != "none" else {}  # no-cache hashes unchanged
         cells.append({
             "backbone": backbone.name, "backbone_weights": backbone.weights_id, "solver": solver,
@@ -304,7 +326,7 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
     metric_s = time.perf_counter() - t_metric - metric_s_offset
     wall = time.perf_counter() - t0
     rec.update(wall_s=wall, sampling_s=gen.sampling_s, backbone_s=backbone_s[0], solver_s=gen.sampling_s - backbone_s[0],
-               decode_s=gen.wall_s - gen.sampling_s, metric_s=metric_s + feat_s,
+               decode_s=gen.wall_s - gen.sampling_s - gen.reference_s, metric_s=metric_s + feat_s + gen.reference_s,
                harness_s=max(wall - gen.wall_s - feat_s - metric_s, 0.0) + metric_s)
     if rank == 0 and gen.images.ndim == 4:
         # native-size thumbnails, light compression: the report upscales once when it composes its grid
@@ -375,7 +397,10 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
     import torchmetrics.image.fid  # noqa: F401  one-off imports here, not inside the first timed cell
     import torchmetrics.image.kid  # noqa: F401,F811
     bb = load_backbone(cfg["backbone"]["name"], cfg["device"])
-    cells = expand(cfg, bb)
+    skipped: list[str] = []
+    cells = expand(cfg, bb, skipped)
+    for why in skipped:
+        print(f"solverzoo: {why}", file=sys.stderr)
     mcfg = cfg["metrics"]
     try:
         extractor = make_extractor(mcfg["feature"], bb, mcfg) if (mcfg["fid"] or mcfg["kid"]) else None
