@@ -18,7 +18,6 @@ the objective before and after, the calibration set and versions) and served by 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -109,8 +108,9 @@ def save(data: dict, out_dir: str | Path) -> Path:
 def _times(theta: np.ndarray, t_start: float, t_end: float) -> np.ndarray:
     w = np.exp(theta - theta.max())
     u = np.concatenate([[0.0], np.cumsum(w / w.sum())])
-    u[-1] = 1.0
-    return t_start - u * (t_start - t_end)
+    t = t_start - u * (t_start - t_end)
+    t[-1] = t_end  # exactly, not up to rounding
+    return t
 
 
 def _theta(times: np.ndarray) -> np.ndarray:
@@ -123,7 +123,6 @@ class Calibration:
 
     def __init__(self, bb, solver: str, *, guidance: str | None, scale: float, n: int, batch: int = 256,
                  reference_steps: int = 200, device: str = "cpu"):
-        from .generate import check_needs  # noqa: F401  (same needs checks as sampling)
         from .guidance import GuidedDenoiser
         from .noise import generators, randn
         from .registry import registry
@@ -246,7 +245,8 @@ def optimise_grid(backbone: str, solver: str, steps: Sequence[int], *, guidance:
         data["grids"][str(int(k))] = [float(v) for v in new]
         data["runs"][str(int(k))] = {
             "base_grid": g, "base_grid_options": opts, "base_times": [float(v) for v in times],
-            "builtin_scores": {s[2]: {"mean_error": s[0], "median_error": s[1]} for s in scored},
+            "builtin_scores": {s[2] + (f"({', '.join(f'{a}={b}' for a, b in sorted(s[3].items()))})" if s[3] else ""):
+                               {"mean_error": s[0], "median_error": s[1]} for s in scored},
             "mean_error_before": best_mean, "mean_error_after": float(e_new.mean()),
             "median_error_before": best_median, "median_error_after": float(np.median(e_new)),
             "objective_evals": int(res.nfev), "seconds": round(time.perf_counter() - t0, 1)}

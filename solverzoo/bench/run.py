@@ -416,6 +416,9 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
         ref.identity["skipped"] = str(exc)
     if rank == 0 and extractor is not None and ref.features is not None:
         _write_floor(bb, cfg, ref, extractor, results_dir)
+    if rank == 0 and extractor is not None:  # for paired comparisons in reports
+        write_arrays(results_dir, "reference", {"mu": torch.from_numpy(ref.mu), "sigma": torch.from_numpy(ref.sigma),
+                                                "n": torch.tensor(ref.n)})
     _warm_up(bb, cfg, ref, extractor)
     for stale in records_dir(results_dir).glob(".*.tmp") if records_dir(results_dir).is_dir() else []:
         stale.unlink()  # a record being written when a previous run was killed: never a partial record
