@@ -197,3 +197,19 @@ def test_exact_metrics_and_seed_set_intervals(tmp_path):
     assert df.sliced_wasserstein.notna().all()
     report = (tmp_path / "r" / "report" / "index.md").read_text()
     assert "## Across seed sets" in report and "## Exact metrics (analytic backbone)" in report
+
+
+def test_reused_torchmetrics_objects_give_the_fresh_objects_numbers():
+    # the harness keeps one FID / KID object per reference (real side filled once) across cells
+    from solverzoo.bench.metrics import Reference, fid_kid
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(500, 16, generator=g, dtype=torch.float64)
+    fakes = [torch.randn(64, 16, generator=g) + 0.1 * i for i in range(3)]
+    ref = Reference({}, real.numpy().mean(0), np.cov(real.numpy(), rowvar=False), 500, real.float(), [])
+    reused = [fid_kid(f, ref, bootstrap=50, ci=0.95, kid_subset=100) for f in fakes]
+    for f, a in zip(fakes, reused):
+        ref.metrics.clear()  # a fresh object each time
+        b = fid_kid(f, ref, bootstrap=50, ci=0.95, kid_subset=100)
+        assert a == b
+    assert reused[0]["fid"] < reused[2]["fid"]

@@ -73,28 +73,27 @@ def expand(cfg: dict, backbone, skipped: list | None = None) -> list[dict]:
     return cells
 
 
-def _cache_entry(entry) -> tuple[str, dict]:
-    """A sweep's cache entry: ``none``, a name, or ``{name: teacache, threshold: 0.1, ...}``."""
+def _named_entry(entry, axis: str, example: str) -> tuple[str, dict]:
+    """A sweep axis entry: a name, or ``{name: NAME, option: value, ...}``."""
     if isinstance(entry, str):
         return entry, {}
     entry = dict(entry)
     if "name" not in entry:
-        raise ValueError(f"sweep.caches entry {entry!r} needs a name (e.g. {{name: teacache, threshold: 0.1}})")
+        raise ValueError(f"sweep.{axis} entry {entry!r} needs a name (e.g. {example})")
     name = entry.pop("name")
     return name, entry
+
+
+def _cache_entry(entry) -> tuple[str, dict]:
+    """``none``, a cache name, or ``{name: teacache, threshold: 0.1, ...}``."""
+    return _named_entry(entry, "caches", "{name: teacache, threshold: 0.1}")
 
 
 def _grid_entry(entry, backbone) -> tuple[str, dict]:
-    """A sweep's grid entry: ``default`` (the backbone's), a name, or ``{name: optimised, key: ...}``."""
+    """``default`` (the backbone's), a grid name, or ``{name: optimised, key: ...}``."""
     if entry == "default":
         return backbone.default_grid, dict(backbone.default_grid_options)
-    if isinstance(entry, str):
-        return entry, {}
-    entry = dict(entry)
-    if "name" not in entry:
-        raise ValueError(f"sweep.grids entry {entry!r} needs a name (e.g. {{name: karras, rho: 7}})")
-    name = entry.pop("name")
-    return name, entry
+    return _named_entry(entry, "grids", "{name: karras, rho: 7}")
 
 
 @contextlib.contextmanager
