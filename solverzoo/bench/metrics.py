@@ -161,7 +161,8 @@ def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subs
         lo, hi = max(out["fid"] - (med - q_lo), 0.0), out["fid"] + (q_hi - med)
     else:
         lo = hi = math.nan
-    out.update(fid_ci_low=float(lo), fid_ci_high=float(hi), fid_ci_method=f"bootstrap spread over samples re-centred on the estimate, {bootstrap} resamples")
+    out.update(fid_ci_low=float(lo), fid_ci_high=float(hi), fid_ci_method=f"bootstrap spread over samples re-centred on the estimate, {bootstrap} resamples",
+               _fid_boot=boots)  # kept by the harness for paired comparisons (not a record field)
     return out
 
 
@@ -251,25 +252,37 @@ def bootstrap_fid(f: np.ndarray, ref: Reference, reps: int, rng: np.random.Gener
     return out
 
 
-def paired_delta(fa: np.ndarray, fb: np.ndarray, ref: "Reference", reps: int, ci: float, seed: int = 0,
-                 hits_a: np.ndarray | None = None, hits_b: np.ndarray | None = None) -> dict:
-    """FID(a) - FID(b) (and prompt-accuracy difference) for two cells whose sample i shares its
-    noise and prompt (common random numbers), with a *paired* bootstrap: every resample draws the
-    same sample indices for both, so the shared variability cancels. Interval: the bootstrap
-    spread of the difference around its median, re-centred on the estimate (as for FID)."""
-    out = {}
+def paired_delta(a: dict, b: dict, ref: "Reference", reps: int, ci: float, seed: int = 0) -> dict:
+    """FID(a) - FID(b) (and the prompt-accuracy difference) for two cells whose sample i shares
+    its noise and prompt (common random numbers), with a *paired* bootstrap: every resample draws
+    the same sample indices for both (the same ``seed``), so the shared variability cancels.
+    Interval: the bootstrap spread of the difference around its median, re-centred on the
+    estimate (as for FID).
+
+    ``a`` and ``b``: ``{"features": (n, d) array, "hits": (n,) array or None}``, optionally with
+    ``"fid"`` and ``"fid_boot"`` (the cell's own bootstrap from :func:`fid_kid` with the same seed
+    and count), which are reused instead of recomputed."""
+    fa, fb = np.asarray(a["features"], dtype=np.float64), np.asarray(b["features"], dtype=np.float64)
     if len(fa) != len(fb):
         raise ValueError(f"paired comparison needs equal sample counts, got {len(fa)} and {len(fb)}")
-    ba = np.asarray(bootstrap_fid(fa, ref, reps, np.random.default_rng(seed)))
-    bb = np.asarray(bootstrap_fid(fb, ref, reps, np.random.default_rng(seed)))
-    est = frechet(fa.mean(0), np.cov(fa, rowvar=False), ref.mu, ref.sigma) - frechet(fb.mean(0), np.cov(fb, rowvar=False), ref.mu, ref.sigma)
+
+    def fid_and_boots(c, f):
+        if c.get("fid_boot") is not None and len(c["fid_boot"]) == reps and c.get("fid") is not None:
+            return float(c["fid"]), np.asarray(c["fid_boot"], dtype=np.float64)
+        return (frechet(f.mean(0), np.cov(f, rowvar=False), ref.mu, ref.sigma),
+                np.asarray(bootstrap_fid(f, ref, reps, np.random.default_rng(seed))))
+
+    (ea, ba), (eb, bb) = fid_and_boots(a, fa), fid_and_boots(b, fb)
+    est = ea - eb
     q_lo, med, q_hi = np.quantile(ba - bb, [(1 - ci) / 2, 0.5, 1 - (1 - ci) / 2])
-    out.update(delta_fid=float(est), delta_fid_ci_low=float(est - (med - q_lo)), delta_fid_ci_high=float(est + (q_hi - med)))
-    if hits_a is not None and hits_b is not None:
-        idx = np.random.default_rng(seed).integers(0, len(hits_a), (reps, len(hits_a)))
-        d = hits_a[idx].mean(1) - hits_b[idx].mean(1)
+    out = {"delta_fid": float(est), "delta_fid_ci_low": float(est - (med - q_lo)), "delta_fid_ci_high": float(est + (q_hi - med))}
+    ha, hb = a.get("hits"), b.get("hits")
+    if ha is not None and hb is not None:
+        ha, hb = np.asarray(ha, dtype=np.float64), np.asarray(hb, dtype=np.float64)
+        idx = np.random.default_rng(seed).integers(0, len(ha), (reps, len(ha)))  # the FID resamples' indices
+        d = ha[idx].mean(1) - hb[idx].mean(1)
         lo, hi = np.quantile(d, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-        out.update(delta_prompt_accuracy=float(hits_a.mean() - hits_b.mean()), delta_prompt_accuracy_ci_low=float(lo),
+        out.update(delta_prompt_accuracy=float(ha.mean() - hb.mean()), delta_prompt_accuracy_ci_low=float(lo),
                    delta_prompt_accuracy_ci_high=float(hi))
     return out
 

@@ -189,6 +189,7 @@ def _warm_up(bb, cfg: dict, ref: Reference, extractor) -> None:
     once per process, not inside the first timed cell."""
     with torch.no_grad():
         bb.decode(torch.zeros((2,) + tuple(bb.latent_shape), device=cfg["device"]))
+        _flops(bb, cfg["device"])  # the FLOP count of one evaluation, once per backbone
         # the conditioner memoises per prompt: encode every prompt of the sweep once, here
         n = int(cfg["sweep"]["n_samples"])
         bb.conds([ref.prompts[i % len(ref.prompts)] for i in range(n)])
@@ -220,6 +221,7 @@ def _write_floor(bb, cfg: dict, ref: Reference, extractor, results_dir: Path) ->
 
         real = torch.from_numpy(ShapesWorld(seed).batch(0, n)[0])
     out = fid_kid(extractor(real), ref, bootstrap=m["bootstrap"], ci=m["ci"], kid_subset=m["kid_subset_size"])
+    out.pop("_fid_boot", None)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "floor.json").write_text(json.dumps({"n": len(real), "source": f"{bb.world} world, seed {seed}", **out}, indent=1))
 
@@ -318,10 +320,14 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
             rec["warnings"].append(f"clip_score skipped: no CLIP model for the {bb.world} world "
                                    "(set metrics.clip_model=PATH to a Hugging Face CLIP)" if bb.world != "gmm" else
                                    "clip_score does not apply to the Gaussian-mixture backbone")
+    boots = rec.pop("_fid_boot", None)
     if rank == 0 and (feats is not None or hits is not None):
-        write_arrays(results_dir, rec["config_hash"], {"features": feats, "hits": None if hits is None else torch.from_numpy(hits)})
+        mine = {"features": feats, "hits": None if hits is None else torch.from_numpy(hits),
+                "fid": None if boots is None else torch.tensor(rec["fid"], dtype=torch.float64),
+                "fid_boot": torch.tensor(boots, dtype=torch.float64) if boots else None}
+        write_arrays(results_dir, rec["config_hash"], mine)
         if "cache" in cell:
-            rec.update(_paired_vs_no_cache(cell, feats, hits, ref, m, results_dir))
+            rec.update(_paired_vs_no_cache(cell, mine, ref, m, results_dir))
     metric_s = time.perf_counter() - t_metric - metric_s_offset
     wall = time.perf_counter() - t0
     rec.update(wall_s=wall, sampling_s=gen.sampling_s, backbone_s=backbone_s[0], solver_s=gen.sampling_s - backbone_s[0],
@@ -333,16 +339,19 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
     return rec
 
 
-def _paired_vs_no_cache(cell: dict, feats, hits, ref: Reference, m: dict, results_dir: Path) -> dict:
-    """Paired differences against the same cell without a cache, when that cell has run."""
+def _paired_vs_no_cache(cell: dict, mine: dict, ref: Reference, m: dict, results_dir: Path) -> dict:
+    """Paired differences against the same cell without a cache, when that cell has run (its
+    stored bootstrap is reused: both used the same resamples)."""
     twin = {k: v for k, v in cell.items() if k not in ("cache", "cache_options")}
-    arrays = read_arrays(results_dir, config_hash(twin))
-    if arrays is None or feats is None or "features" not in arrays:
+    other = read_arrays(results_dir, config_hash(twin))
+    if other is None or mine["features"] is None or "features" not in other:
         return {}
-    hb = arrays["hits"].numpy() if "hits" in arrays and hits is not None else None
-    out = paired_delta(feats.double().numpy(), arrays["features"].double().numpy(), ref, m["bootstrap"], m["ci"],
-                       seed=cell["seed_set"], hits_a=hits, hits_b=hb)
+    out = paired_delta(_numpy(mine), _numpy(other), ref, m["bootstrap"], m["ci"], seed=cell["seed_set"])
     return {**out, "paired_with": config_hash(twin)}
+
+
+def _numpy(arrays: dict) -> dict:
+    return {k: (v.double().numpy() if v.ndim else float(v)) if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}
 
 
 _FLOPS: dict = {}
