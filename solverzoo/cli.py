@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     og.add_argument("--key", default=None, help="name to save under (default BACKBONE-SOLVER-GUIDANCE)")
     og.add_argument("--out", default=None, help="folder to save into (default ~/.cache/solverzoo/grids; ./grids and "
                     "$SOLVERZOO_GRIDS are searched too)")
+    og.add_argument("--space", default="latent", choices=["latent", "decoded"],
+                    help="measure the endpoint error on the solver's state or on the decoded images")
     og.add_argument("--device", default="cpu")
     og.set_defaults(fn=cmd_optimise_grid)
     tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/configs/train)")
@@ -256,7 +258,7 @@ def cmd_optimise_grid(args) -> int:
 
     path, data = optimise_grid(args.backbone, args.solver, args.steps, guidance=args.guidance, scale=args.scale,
                                base_grid=args.base_grid, n=args.n, max_evals=args.max_evals, key=args.key,
-                               out_dir=args.out, device=args.device)
+                               out_dir=args.out, device=args.device, space=args.space)
     print(f"saved {path}; use it as grid=optimised with key={data['key']} "
           f"(sweeps: grids: [{{name: optimised, key: {data['key']}}}])")
     return 0

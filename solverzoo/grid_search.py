@@ -122,7 +122,10 @@ class Calibration:
     """The calibration problem: denoiser batches, their starting noise and reference endpoints."""
 
     def __init__(self, bb, solver: str, *, guidance: str | None, scale: float, n: int, batch: int = 256,
-                 reference_steps: int = 200, device: str = "cpu"):
+                 reference_steps: int = 200, device: str = "cpu", space: str = "latent"):
+        if space not in ("latent", "decoded"):
+            raise ValueError(f"space must be 'latent' (the solver's state) or 'decoded' (the backbone's images), got {space!r}")
+        self.space = space
         from .guidance import GuidedDenoiser
         from .noise import generators, randn
         from .registry import registry
@@ -159,7 +162,14 @@ class Calibration:
                     fine = registry.get("grid", base_grid)(self.schedule, self.reference_steps, **base_opts)
                     u = (fine[0] - fine) / (fine[0] - fine[-1])
                     ref = self.sample("heun", den, x0, t_start - u * (t_start - t_end)).x
-            self.refs.append(ref.double())
+            self.refs.append(self._view(ref).double())
+
+    def _view(self, z):
+        """Where the discrepancy is measured: the solver's state, or the decoded images."""
+        if self.space == "decoded":
+            with torch.no_grad():
+                return self.bb.decode(z.float())
+        return z
 
     def _start(self, x, t_start):
         a, s = self.schedule.alpha_sigma(torch.tensor(t_start, dtype=torch.float64))
@@ -175,7 +185,7 @@ class Calibration:
             with torch.no_grad():
                 y = self.sample(self.solver, den, self._start(x, float(times[0])), grid, check_finite=False).x
             self.evals += 1
-            e = ((y.double() - ref) ** 2).flatten(1).mean(1).sqrt()
+            e = ((self._view(y).double() - ref) ** 2).flatten(1).mean(1).sqrt()
             out.append(e.cpu().numpy())
         e = np.concatenate(out)
         return np.where(np.isfinite(e), e, np.inf)
@@ -197,7 +207,8 @@ def _calibration_prompts(bb, n: int) -> list:
 
 def optimise_grid(backbone: str, solver: str, steps: Sequence[int], *, guidance: str | None = None, scale: float = 1.0,
                   base_grid: str = "auto", n: int = 256, max_evals: int = 300, key: str | None = None,
-                  out_dir: str | Path | None = None, device: str = "cpu", log=print) -> tuple[Path, dict]:
+                  out_dir: str | Path | None = None, device: str = "cpu", space: str = "latent",
+                  log=print) -> tuple[Path, dict]:
     """Optimise grids for ``solver`` on ``backbone`` at each step count; save them under ``key``."""
     from scipy.optimize import minimize
 
@@ -208,11 +219,11 @@ def optimise_grid(backbone: str, solver: str, steps: Sequence[int], *, guidance:
     bb = load_backbone(backbone, device)
     guidance = None if guidance in (None, "none") else guidance
     key = key or f"{backbone}-{solver}-{guidance or 'none'}{'' if guidance is None else f'{scale:g}'}"
-    cal = Calibration(bb, solver, guidance=guidance, scale=scale, n=n, device=device)
+    cal = Calibration(bb, solver, guidance=guidance, scale=scale, n=n, device=device, space=space)
     data = {"key": key, "backbone": backbone, "backbone_weights": bb.weights_id, "solver": solver,
             "guidance": guidance or "none", "scale": float(scale) if guidance else 1.0,
             "schedule": schedule_signature(bb.model.schedule), "grids": {}, "runs": {},
-            "criterion": "mean over the calibration set of the RMS endpoint error vs the reference solve",
+            "criterion": f"mean over the calibration set of the RMS endpoint error vs the reference solve ({space} space)",
             "calibration": {"n": n, "noise_seeds": f"{CALIBRATION_SEED} + i", "prompts": "world draw, seed "
                             f"{CALIBRATION_SEED}", "reference": cal.reference_kind}}
     for k in steps:
@@ -256,6 +267,6 @@ def optimise_grid(backbone: str, solver: str, steps: Sequence[int], *, guidance:
             f"{r['seconds']} s")
     data["versions"] = {"solverzoo": __version__, "torch": torch.__version__}
     data["command"] = (f"solverzoo optimise-grid --backbone {backbone} --solver {solver} --steps {' '.join(map(str, steps))} "
-                       f"--guidance {guidance or 'none'} --scale {scale:g} --n {n} --max-evals {max_evals} --key {key}")
+                       f"--guidance {guidance or 'none'} --scale {scale:g} --n {n} --max-evals {max_evals} --space {space} --key {key}")
     path = save(data, out_dir or (Path.home() / ".cache" / "solverzoo" / "grids"))
     return path, data
