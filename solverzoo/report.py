@@ -66,21 +66,30 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
             lines.extend([f"## {title}", "", f"_No {metric} values: " + _why(df, metric) + "_", ""])
             return
         groups = sorted({_label(r) for _, r in data.iterrows()})
-        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False, sharey=True)
+        n_series = data.groupby(["solver", "grid_label", "cache_label"]).ngroups
+        fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + (3.2 if n_series > 6 else 0), 3.6),
+                                 squeeze=False, sharey=True)
+        markers = "osD^v<>phX*"
         for ax, g in zip(axes[0], groups):
             sub = data[[(_label(r) == g) for _, r in data.iterrows()]]
-            for (solver, grid, cache), s in sub.groupby(["solver", "grid_label", "cache_label"]):
+            for k, ((solver, grid, cache), s) in enumerate(sub.groupby(["solver", "grid_label", "cache_label"])):
                 s = s.groupby(["steps"], as_index=False).mean(numeric_only=True).sort_values("backbone_evals")
-                ax.plot(s.backbone_evals, s[metric], marker="o", ls="--" if cache != "none" else "-",
+                ax.plot(s.backbone_evals, s[metric], marker=markers[k % len(markers)], ls="--" if cache != "none" else "-",
                         label=_series(solver, grid, cache))
                 if ci and s[ci[0]].notna().all():
-                    ax.fill_between(s.backbone_evals, s[ci[0]], s[ci[1]], alpha=0.2)
+                    ax.fill_between(s.backbone_evals, s[ci[0]], s[ci[1]], alpha=0.12)
             ax.set_xscale("log")
-            ax.set_xlabel("backbone evaluations per sample (= NFE without a cache)")
+            vals = data[metric].astype(float)
+            if metric == "fid" and vals.min() > 0 and vals.max() / vals.min() > 5:
+                ax.set_yscale("log")  # a few poor grids would otherwise flatten every other curve
+            ax.set_xlabel("backbone evaluations / sample (= NFE uncached)")
             ax.set_title(g)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(ylabel)
-        axes[0][-1].legend(fontsize=7)
+        if n_series > 6:
+            axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        else:
+            axes[0][-1].legend(fontsize=7)
         fig.suptitle(f"{title} — {', '.join(backbones)}", fontsize=9)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
