@@ -168,7 +168,7 @@ class Calibration:
         """Where the discrepancy is measured: the solver's state, or the decoded images."""
         if self.space == "decoded":
             with torch.no_grad():
-                return self.bb.decode(z.float())
+                return self.bb.decode(z)
         return z
 
     def _start(self, x, t_start):

@@ -69,3 +69,13 @@ def test_shipped_grids_load_for_their_backbones():
 
     g = sz.get_grid("optimised")(load_backbone("gmm").model.schedule, 10, key="gmm-dpmpp_2m-none")
     assert len(g) == 11 and torch.all(g[1:] < g[:-1])
+
+
+def test_decoded_space_equals_latent_space_when_decoding_is_the_identity(tmp_path):
+    # the mixture's decoder is the identity: both spaces must pick the same grid
+    kw = dict(n=32, max_evals=30, out_dir=tmp_path, log=lambda *_: None)
+    _, lat = optimise_grid("gmm", "dpmpp_2m", [3], key="lat", **kw)
+    _, dec = optimise_grid("gmm", "dpmpp_2m", [3], key="dec", space="decoded", **kw)
+    assert lat["grids"]["3"] == dec["grids"]["3"] and "decoded space" in dec["criterion"]
+    with pytest.raises(ValueError, match="space must be"):
+        optimise_grid("gmm", "dpmpp_2m", [3], key="bad", space="pixels", **kw)
