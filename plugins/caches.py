@@ -61,8 +61,9 @@ class TeaCache(Cache):
         elif rows.numel():
             st["residual"] = scatter(st["residual"], rows, [o - i.index_select(0, rows) for o, i in zip(out, streams)])
             st["acc"] = st["acc"].index_fill(0, rows, 0.0)
-        cached = tuple(i + r for i, r in zip(streams, st["residual"]))
-        return scatter(cached, rows, out) if rows is not None else out
+        if rows is None:  # every row computed: nothing to reuse
+            return out
+        return scatter(tuple(i + r for i, r in zip(streams, st["residual"])), rows, out)
 
 
 class FirstBlockCache(Cache):
@@ -90,8 +91,9 @@ class FirstBlockCache(Cache):
         elif rows.numel():
             st["rest"] = scatter(st["rest"], rows, [o - f.index_select(0, rows) for o, f in zip(out, first)])
             st["r1"] = st["r1"].index_copy(0, rows, r1.index_select(0, rows))
-        cached = tuple(f + r for f, r in zip(first, st["rest"]))
-        return scatter(cached, rows, out) if rows is not None else out
+        if rows is None:  # every row computed: nothing to reuse
+            return out
+        return scatter(tuple(f + r for f, r in zip(first, st["rest"])), rows, out)
 
 
 class TaylorSeer(Cache):

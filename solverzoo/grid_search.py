@@ -148,11 +148,18 @@ class Calibration:
         self.reference_kind = "dop853 (rtol 1e-10)" if bb.world == "gmm" else f"heun, {reference_steps} steps on the base grid"
         self.reference_steps = reference_steps
         self.evals = 0
+        self._memo: dict[tuple[float, float], list] = {}
 
     def references(self, t_start: float, t_end: float, base_grid, base_opts: dict) -> None:
+        """Reference endpoints of every calibration sample for a grid from ``t_start`` to ``t_end``
+        (memoised per start / end pair: the same references serve every grid and step count)."""
         from .registry import registry
 
-        self.refs = []
+        key = (float(t_start), float(t_end))
+        if key in self._memo:
+            self.refs = self._memo[key]
+            return
+        self.refs = self._memo[key] = []
         for den, x in self.batches:
             x0 = self._start(x, t_start)
             with torch.no_grad():
@@ -228,24 +235,24 @@ def optimise_grid(backbone: str, solver: str, steps: Sequence[int], *, guidance:
                             f"{CALIBRATION_SEED}", "reference": cal.reference_kind}}
     for k in steps:
         t0 = time.perf_counter()
-        cands = [(bb.default_grid, dict(bb.default_grid_options))] if base_grid == "default" else \
-            [(g, {}) for g in BUILTIN_CANDIDATES] + [(bb.default_grid, dict(bb.default_grid_options))] if base_grid == "auto" \
-            else [(base_grid, {})]
+        default = (bb.default_grid, dict(bb.default_grid_options))
+        if base_grid == "auto":
+            cands = [(g, {}) for g in BUILTIN_CANDIDATES] + [default]
+        else:
+            cands = [default] if base_grid == "default" else [(base_grid, {})]
         scored = []
-        ref_key = None
         for g, opts in cands:
             try:
                 times = registry.get("grid", g)(bb.model.schedule, int(k), **opts).numpy()
             except (GridError, ValueError):
                 continue
-            if ref_key != (float(times[0]), float(times[-1])):  # one reference per start / end pair
-                ref_key = (float(times[0]), float(times[-1]))
-                cal.references(*ref_key, bb.default_grid, dict(bb.default_grid_options))
+            ref_key = (float(times[0]), float(times[-1]))
+            cal.references(*ref_key, *default)
             e = cal.errors(times)
             scored.append((float(e.mean()), float(np.median(e)), g, opts, times, ref_key))
         scored.sort(key=lambda s: s[0])
         best_mean, best_median, g, opts, times, ref_key = scored[0]
-        cal.references(*ref_key, bb.default_grid, dict(bb.default_grid_options))
+        cal.references(*ref_key, *default)
         t_start, t_end = float(times[0]), float(times[-1])
         obj = lambda th: float(cal.errors(_times(th, t_start, t_end)).mean())  # noqa: E731
         res = minimize(obj, _theta(times), method="Powell", options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-6})
