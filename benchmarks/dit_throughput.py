@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from solverzoo.nets import DiT
+from solverzoo.models.nets import DiT
 
 CFG = dict(in_channels=4, input_size=8, patch=2, hidden=128, depth=6, heads=4, mlp_ratio=4.0, text_dim=384)
 

@@ -24,8 +24,9 @@ import traceback
 import torch
 
 import solverzoo as sz
-from solverzoo import registry, weights
-from solverzoo.nets import DiT
+from solverzoo import registry
+from solverzoo.models import weights
+from solverzoo.models.nets import DiT
 
 
 def prepare(out_dir: str, n: int = 64) -> None:
@@ -33,8 +34,8 @@ def prepare(out_dir: str, n: int = 64) -> None:
 
     from safetensors.torch import save_file
 
-    from solverzoo.conditioners import minilm
-    from solverzoo.worlds import ShapesWorld
+    from solverzoo.models.conditioners import minilm
+    from solverzoo.models.worlds import ShapesWorld
 
     prompts = ShapesWorld(1).batch(0, n)[1]
     enc = minilm()

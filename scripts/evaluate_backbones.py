@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from solverzoo import weights
-from solverzoo.backbones import load_backbone
-from solverzoo.generate import generate
-from solverzoo.images import save_grid
-from solverzoo.nets.classifier import matches
-from solverzoo.train import model_card
-from solverzoo.worlds import ShapesWorld, parse_caption
+from solverzoo.models import weights
+from solverzoo.backbone import load_backbone
+from solverzoo.bench.generate import generate
+from solverzoo.models.images import save_grid
+from solverzoo.models.nets.classifier import matches
+from solverzoo.models.train import model_card
+from solverzoo.models.worlds import ShapesWorld, parse_caption
 
 SETTINGS = {"shapes-eps": ("dpmpp_2m", None), "shapes-flow": ("dpmpp_2m", None), "digits": ("dpmpp_2m", None)}
 
@@ -39,7 +39,7 @@ def prompt_accuracy(bb, captions, **kw) -> tuple[float, torch.Tensor]:
 
 
 def load_vae_latents(imgs: np.ndarray) -> torch.Tensor:
-    from solverzoo.nets import VAE
+    from solverzoo.models.nets import VAE
 
     vae = weights.load_into(VAE(), "shapes-vae")
     with torch.no_grad():
@@ -58,7 +58,7 @@ def main():
     for name, (solver, _) in SETTINGS.items():
         bb = load_backbone(name)
         if bb.world == "digits":
-            from solverzoo.worlds import DigitsWorld
+            from solverzoo.models.worlds import DigitsWorld
 
             caps = [DigitsWorld.caption(i % 10) for i in range(args.n)]
             res = {"n": args.n, "steps": args.steps, "solver": solver, "grid": bb.default_grid,

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .hookspecs import hookimpl  # noqa: E402  (plugins import this first)
-from .conditioning import Conditioner, branch_conds
-from .grid import GridError, TimeGrid, time_grid, validate_grid
-from .guidance import GuidedDenoiser, Guidance
-from .model import Denoiser, Model, ModelDenoiser
-from .noise import generators, randn, randn_like
-from .prediction import Prediction
-from .registry import PluginConflictError, PluginError, UnknownComponentError, registry
-from .schedules import NoiseSchedule
-from .solver import Solver
-from . import weights  # noqa: E402,F401  (solverzoo.weights for plugins)
+from solverzoo.hookspecs import hookimpl  # noqa: E402  (plugins import this first)
+from solverzoo.conditioning import Conditioner, branch_conds
+from solverzoo.timegrid import GridError, TimeGrid, time_grid, validate_grid
+from solverzoo.guidance import GuidedDenoiser, Guidance
+from solverzoo.model import Denoiser, Model, ModelDenoiser
+from solverzoo.noise import generators, randn, randn_like
+from solverzoo.prediction import Prediction
+from solverzoo.registry import PluginConflictError, PluginError, UnknownComponentError, registry
+from solverzoo.schedules import NoiseSchedule
+from solverzoo.solver import Solver
 
 
 def get_solver(name: str) -> Solver:
@@ -36,7 +35,7 @@ def get_guidance(name: str, **options) -> Guidance:
     return registry.get("guidance", name)(**options)
 
 
-from .sampling import NonFiniteError, SampleResult, initial_noise, sample  # noqa: E402
+from solverzoo.sampling import NonFiniteError, SampleResult, initial_noise, sample  # noqa: E402
 
 __all__ = [
     "Conditioner", "Denoiser", "GridError", "GuidedDenoiser", "Guidance", "Model", "ModelDenoiser",

@@ -52,7 +52,7 @@ class StackSpec:
 
 
 def _sz_indicator(blk, args, kwargs):
-    from .nets.dit import modulate
+    from solverzoo.models.nets.dit import modulate
 
     h, c = args[0], args[1]
     mods = blk.ada(c).chunk(9 if blk.cross else 6, dim=-1)

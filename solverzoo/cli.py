@@ -6,9 +6,9 @@ import ast
 import json
 import sys
 
-from .registry import KINDS, PluginError, UnknownComponentError, registry
-from .weights import WeightsError
-from .bench.records import ResultsError
+from solverzoo.registry import KINDS, PluginError, UnknownComponentError, registry
+from solverzoo.models.weights import WeightsError
+from solverzoo.bench.records import ResultsError
 
 
 def _component_rows() -> list[dict]:
@@ -77,7 +77,7 @@ def _write_report(reports, out_dir: str, argv: list[str]) -> None:
 
     import torch
 
-    from . import __version__
+    from solverzoo import __version__
 
     os.makedirs(out_dir, exist_ok=True)
     first = reports[0]
@@ -111,7 +111,7 @@ def _write_report(reports, out_dir: str, argv: list[str]) -> None:
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify
+    from solverzoo.bench.verify import verify
 
     if args.all == (args.solver is not None):
         raise ValueError("name one SOLVER, or pass --all to verify every registered solver")
@@ -155,9 +155,9 @@ def cmd_verify(args) -> int:
 def cmd_sample(args) -> int:
     import time
 
-    from .backbones import load_backbone
-    from .generate import generate
-    from .images import save_grid
+    from solverzoo.backbone import load_backbone
+    from solverzoo.bench.generate import generate
+    from solverzoo.models.images import save_grid
 
     t0 = time.perf_counter()
     bb = load_backbone(args.backbone, args.device)
@@ -179,7 +179,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import run
+    from solverzoo.models.train import run
 
     record = run(args.artifact, args.overrides)
     print(json.dumps(record, indent=2))
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="measure the endpoint error on the solver's state or on the decoded images")
     og.add_argument("--device", default="cpu")
     og.set_defaults(fn=cmd_optimise_grid)
-    tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/configs/train)")
+    tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/models/configs)")
     tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow", "digits_classifier", "digits_dit", "clip"])
     tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")
     tr.set_defaults(fn=cmd_train)
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_optimise_grid(args) -> int:
-    from .grid_search import optimise_grid
+    from solverzoo.bench.grid_optimiser import optimise_grid
 
     path, data = optimise_grid(args.backbone, args.solver, args.steps, guidance=args.guidance, scale=args.scale,
                                base_grid=args.base_grid, n=args.n, max_evals=args.max_evals, key=args.key,
@@ -265,7 +265,7 @@ def cmd_optimise_grid(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report_main
+    from solverzoo.bench.report import report_main
 
     path = report_main(args.results, args.out)
     print(f"report: {path}")
@@ -275,7 +275,7 @@ def cmd_report(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the Hydra app takes its own command line
-        from .bench.app import main as bench_main
+        from solverzoo.bench.app import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)

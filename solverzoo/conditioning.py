@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from .model import Cond
+from solverzoo.model import Cond
 
 
 class Conditioner(Protocol):

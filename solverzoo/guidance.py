@@ -11,8 +11,8 @@ import math
 import torch
 from torch import Tensor
 
-from .model import Cond, Model, batch_cond
-from .prediction import Prediction
+from solverzoo.model import Cond, Model, batch_cond
+from solverzoo.prediction import Prediction
 
 
 class Guidance:

@@ -34,7 +34,7 @@ def register_guidance(register):
 
 @hookspec
 def register_backbones(register):
-    """Register backbone factories: callables ``(device="cpu") -> solverzoo.backbones.Backbone``."""
+    """Register backbone factories: callables ``(device="cpu") -> solverzoo.backbone.Backbone``."""
 
 
 @hookspec

@@ -11,8 +11,8 @@ from typing import Callable, Mapping, Protocol
 import torch
 from torch import Tensor
 
-from .prediction import PREDICTION_TYPES, Prediction, coefficients
-from .schedules import NoiseSchedule
+from solverzoo.prediction import PREDICTION_TYPES, Prediction, coefficients
+from solverzoo.schedules import NoiseSchedule
 
 Cond = Mapping[str, Tensor]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from solverzoo import hookspecs
 
 ENTRY_POINT_GROUP = "solverzoo"
 KINDS = tuple(hookspecs.HOOKS)

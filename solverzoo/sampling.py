@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .grid import validate_grid
-from .model import Denoiser
-from .noise import Generators, randn
-from .prediction import Prediction
-from .registry import registry
-from .schedules import NoiseSchedule
-from .solver import Callback, Solver
+from solverzoo.timegrid import validate_grid
+from solverzoo.model import Denoiser
+from solverzoo.noise import Generators, randn
+from solverzoo.prediction import Prediction
+from solverzoo.registry import registry
+from solverzoo.schedules import NoiseSchedule
+from solverzoo.solver import Callback, Solver
 
 
 class NonFiniteError(FloatingPointError):
@@ -73,7 +73,7 @@ def _step_of(grid: Tensor, t: float) -> int:
 
 def make_cache(cache, options: dict | None = None):
     """A cache policy from a registered name (with ``options``) or an instance (``None``: no cache)."""
-    from .caching import Cache
+    from solverzoo.caching import Cache
 
     if cache is None or cache == "none":
         if options:
@@ -119,7 +119,7 @@ def sample(solver: Solver | str, denoiser: Denoiser, x: Tensor, grid: Tensor, *,
     policy = make_cache(cache, cache_options)
     session = None
     if policy is not None:
-        from .caching import CacheError, CacheSession
+        from solverzoo.caching import CacheError, CacheSession
 
         if not hasattr(denoiser, "with_net") or not hasattr(denoiser, "model"):
             raise CacheError(f"a cache needs a denoiser built from a Model (Model.denoiser() or GuidedDenoiser), "

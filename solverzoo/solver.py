@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from .model import Denoiser
-from .noise import Generators
-from .schedules import NoiseSchedule
+from solverzoo.model import Denoiser
+from solverzoo.noise import Generators
+from solverzoo.schedules import NoiseSchedule
 
 Callback = Callable[[dict], None]
 

@@ -10,10 +10,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .model import Model
-from .noise import Generators, randn
-from .prediction import Prediction, to_output
-from .schedules import NoiseSchedule
+from solverzoo.model import Model
+from solverzoo.noise import Generators, randn
+from solverzoo.prediction import Prediction, to_output
+from solverzoo.schedules import NoiseSchedule
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 import solverzoo as sz  # noqa: E402
-from solverzoo.adapters import DiffusersVAE, diffusers_model, schedule_from_config  # noqa: E402
+from solverzoo.models.adapters import DiffusersVAE, diffusers_model, schedule_from_config  # noqa: E402
 
 
 def _tiny_unet():
@@ -127,7 +127,7 @@ def test_wrapped_flux_transformer_samples_packed_latents():
 
 def test_text_conditioner_wraps_t5_and_clip_text_encoders(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from solverzoo.conditioners import TextConditioner, minilm_path
+    from solverzoo.models.conditioners import TextConditioner, minilm_path
 
     tok = transformers.AutoTokenizer.from_pretrained(minilm_path())  # any tokenizer works for a random model
     t5 = transformers.T5Config(vocab_size=tok.vocab_size, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import solverzoo as sz
-from solverzoo import weights
-from solverzoo.nets import VAE, AttributeClassifier, DiT
-from solverzoo.nets.classifier import matches
-from solverzoo.worlds import DigitsWorld, ShapesWorld, parse_caption
+from solverzoo.models import weights
+from solverzoo.models.nets import VAE, AttributeClassifier, DiT
+from solverzoo.models.nets.classifier import matches
+from solverzoo.models.worlds import DigitsWorld, ShapesWorld, parse_caption
 
 
 def test_shapes_world_is_deterministic_and_captioned():
@@ -80,7 +80,7 @@ def test_weights_roundtrip_and_pickle_refusal(tmp_path):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from solverzoo.conditioners import minilm
+    from solverzoo.models.conditioners import minilm
     return minilm()
 
 

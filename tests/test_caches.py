@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import solverzoo as sz
-from solverzoo.adapters import diffusers_model
+from solverzoo.models.adapters import diffusers_model
 from solverzoo.caching import CacheError, estimate_flops
-from solverzoo.nets import DiT
+from solverzoo.models.nets import DiT
 from solverzoo_builtin.caches import TaylorSeer
 
 NEVER_SKIP = {"teacache": {"threshold": 0.0}, "first_block": {"threshold": 0.0}, "taylorseer": {"interval": 1}}

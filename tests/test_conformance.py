@@ -5,7 +5,7 @@ import torch
 
 import solverzoo as sz
 from solverzoo.testbeds import GaussianMixture
-from solverzoo.verify import verify
+from solverzoo.bench.verify import verify
 
 from .conftest import all_solvers, ode_solvers
 
@@ -127,7 +127,7 @@ def test_stochastic_solvers_sample_the_right_distribution(name):
     grid = sz.get_grid("logsnr")(sched, 200, final="none")
     n = 2000
     from solverzoo.testbeds import marginal_sample
-    from solverzoo.verify import sliced_wasserstein
+    from solverzoo.bench.verify import sliced_wasserstein
     x = marginal_sample(gmm, sched, float(grid[0]), n, torch.Generator().manual_seed(0))
     out = sz.sample(name, gmm.model(sched).denoiser(), x, grid, generator=torch.Generator().manual_seed(1)).x
     exact = marginal_sample(gmm, sched, float(grid[-1]), n, torch.Generator().manual_seed(2))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import solverzoo as sz
-from solverzoo.grid import GridError
-from solverzoo.grid_search import _theta, _times, optimise_grid
+from solverzoo.timegrid import GridError
+from solverzoo.bench.grid_optimiser import _theta, _times, optimise_grid
 
 
 def test_parametrisation_round_trips_any_decreasing_grid():
@@ -29,8 +29,8 @@ def test_optimised_grid_beats_the_best_builtin_on_held_out_samples(tmp_path, mon
     saved = json.loads(path.read_text())
     assert saved["calibration"]["noise_seeds"].startswith("2000000011") and saved["solver"] == "dpmpp_2m"
     # held out: the harness's own seeds and prompts, exact reference by DOP853
-    from solverzoo.backbones import load_backbone
-    from solverzoo.generate import generate
+    from solverzoo.backbone import load_backbone
+    from solverzoo.bench.generate import generate
 
     bb = load_backbone("gmm")
     prompts = list(np.random.default_rng(5).integers(0, 3, 200))
@@ -65,7 +65,7 @@ def test_saved_grid_errors_are_clear(tmp_path, monkeypatch):
 
 
 def test_shipped_grids_load_for_their_backbones():
-    from solverzoo.backbones import load_backbone
+    from solverzoo.backbone import load_backbone
 
     g = sz.get_grid("optimised")(load_backbone("gmm").model.schedule, 10, key="gmm-dpmpp_2m-none")
     assert len(g) == 11 and torch.all(g[1:] < g[:-1])

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import solverzoo as sz
-from solverzoo.backbones import Backbone, load_backbone
-from solverzoo.generate import UnmetNeedsError, generate
-from solverzoo.nets.classifier import matches
-from solverzoo.worlds import ShapesWorld, parse_caption
+from solverzoo.backbone import Backbone, load_backbone
+from solverzoo.bench.generate import UnmetNeedsError, generate
+from solverzoo.models.nets.classifier import matches
+from solverzoo.models.worlds import ShapesWorld, parse_caption
 
 
 @pytest.fixture(scope="module", params=["shapes-flow", "shapes-eps"])

@@ -1,6 +1,6 @@
 """The Hydra app behind ``solverzoo bench``: a plain function under a thin ``@hydra.main``.
 
-Configs ship inside the package (``solverzoo/configs/bench``); add your own with Hydra's
+Configs ship inside the package (``solverzoo/bench/configs``); add your own with Hydra's
 ``--config-dir DIR`` (a folder with e.g. ``sweep/mine.yaml``) and select them by name."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 
-@hydra.main(version_base=None, config_path="pkg://solverzoo.configs.bench", config_name="config")
+@hydra.main(version_base=None, config_path="pkg://solverzoo.bench.configs", config_name="config")
 def app(cfg: DictConfig) -> None:
-    from .run import run_sweep
+    from solverzoo.bench.run import run_sweep
 
     table, report = run_sweep(OmegaConf.to_container(cfg, resolve=True))
     print(f"table: {table}")

@@ -300,8 +300,8 @@ SHIPPED_CLIPS = ("shapes-clip",)
 
 @functools.lru_cache(maxsize=4)
 def _shipped_clip(name: str):
-    from .. import weights
-    from ..nets.clip import SmallCLIP, torchmetrics_pair
+    from solverzoo.models import weights
+    from solverzoo.models.nets.clip import SmallCLIP, torchmetrics_pair
 
     path = weights.resolve(name)
     model = weights.load_into(SmallCLIP(**weights.read_meta(path)["config"]["net"]), path)

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..backbones import load_backbone
-from ..caching import CacheError, estimate_flops, find_stack, flops_per_sample
-from ..generate import generate
-from ..images import save_grid
-from .metrics import MetricUnavailable, Reference, clip_score, fid_kid, make_extractor, paired_delta, proportion_ci, stats
-from ..grid import GridError
-from ..registry import registry
-from .records import build_table, config_hash, read_arrays, read_record, records_dir, write_arrays, write_record
+from solverzoo import __version__
+from solverzoo.backbone import load_backbone
+from solverzoo.caching import CacheError, estimate_flops, find_stack, flops_per_sample
+from solverzoo.bench.generate import generate
+from solverzoo.models.images import save_grid
+from solverzoo.bench.metrics import MetricUnavailable, Reference, clip_score, fid_kid, make_extractor, paired_delta, proportion_ci, stats
+from solverzoo.timegrid import GridError
+from solverzoo.registry import registry
+from solverzoo.bench.records import build_table, config_hash, read_arrays, read_record, records_dir, write_arrays, write_record
 
 SEED_STRIDE = 1_000_003
 
@@ -144,7 +144,7 @@ def load_reference(bb, mcfg: dict, extractor, cache_dir: Path) -> Reference:
         gp = torch.Generator().manual_seed(int(rc["seed"]) + 1)
         prompts = torch.randint(0, bb.gmm.num_classes, (int(rc["n"]),), generator=gp).tolist()
     elif bb.world == "digits":
-        from ..worlds import DigitsWorld
+        from solverzoo.models.worlds import DigitsWorld
 
         d = DigitsWorld()
         n = min(int(rc["n"]), len(d))
@@ -153,7 +153,7 @@ def load_reference(bb, mcfg: dict, extractor, cache_dir: Path) -> Reference:
         other = np.random.default_rng(int(rc["seed"]) + 1).permutation(len(d))[:n]
         prompts = [d.caption(int(lab)) for lab in d.labels[other]]
     else:
-        from ..worlds import ShapesWorld
+        from solverzoo.models.worlds import ShapesWorld
 
         imgs, _, _ = ShapesWorld(int(rc["seed"])).batch(0, int(rc["n"]))
         real = torch.from_numpy(imgs)
@@ -212,12 +212,12 @@ def _write_floor(bb, cfg: dict, ref: Reference, extractor, results_dir: Path) ->
         labels = [ref.prompts[i % len(ref.prompts)] for i in range(n)]
         real = torch.cat([bb.gmm.sample(1, g, label=torch.tensor([lab])) for lab in labels]).float()
     elif bb.world == "digits":
-        from ..worlds import DigitsWorld
+        from solverzoo.models.worlds import DigitsWorld
 
         d = DigitsWorld()
         real = torch.from_numpy(d.images[np.random.default_rng(seed).permutation(len(d))[:n]])
     else:
-        from ..worlds import ShapesWorld
+        from solverzoo.models.worlds import ShapesWorld
 
         real = torch.from_numpy(ShapesWorld(seed).batch(0, n)[0])
     out = fid_kid(extractor(real), ref, bootstrap=m["bootstrap"], ci=m["ci"], kid_subset=m["kid_subset_size"])
@@ -278,7 +278,7 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
                prompt_accuracy=math.nan, ranks=world, solverzoo=__version__, torch=torch.__version__)
     rec["warnings"].extend(skipped)
     if bb.world == "gmm" and rank == 0:  # exact metric: sliced Wasserstein to exact samples of the prompted classes
-        from ..verify import sliced_wasserstein
+        from solverzoo.bench.verify import sliced_wasserstein
 
         allp = [ref.prompts[i % len(ref.prompts)] for i in range(n)]
         exact = torch.cat([bb.gmm.sample(1, torch.Generator().manual_seed(7 + i), label=torch.tensor([p])) for i, p in enumerate(allp)])
@@ -387,8 +387,8 @@ def _prompt_hits(bb, images, latents, prompts) -> np.ndarray:
             pred = bb.classifier(images).argmax(-1)
         want = torch.tensor([bb.conditioner.label(p) for p in prompts])
         return (pred == want).numpy().astype(np.float64)
-    from ..nets.classifier import matches
-    from ..worlds import parse_caption
+    from solverzoo.models.nets.classifier import matches
+    from solverzoo.models.worlds import parse_caption
 
     pred = bb.classifier.predict(images)
     return np.array([matches(parse_caption(c), p) for c, p in zip(prompts, pred)], dtype=np.float64)
@@ -398,7 +398,7 @@ def _prompt_hits(bb, images, latents, prompts) -> np.ndarray:
 def run_sweep(cfg: dict) -> tuple[Path, Path]:
     from tqdm import tqdm
 
-    from ..report import write_report
+    from solverzoo.bench.report import write_report
 
     results_dir = Path(cfg["results_dir"])
     _, rank, _ = _dist()

@@ -1,6 +1,6 @@
 """Ralston's method as a solverzoo plugin: the whole solver, in the flow frame."""
 import solverzoo
-from solverzoo.stepping import alpha_sigma_at, frame_coords, frame_time, lincomb, table
+from solverzoo.kit import alpha_sigma_at, frame_coords, frame_time, lincomb, table
 
 
 class Ralston(solverzoo.Solver):

@@ -1,0 +1,101 @@
+"""Sampling images from a backbone: the code behind ``solverzoo sample`` and the evaluations."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from solverzoo.backbone import Backbone
+from solverzoo.guidance import GuidedDenoiser
+from solverzoo.noise import generators, randn
+from solverzoo.registry import registry
+from solverzoo.sampling import sample
+
+
+class UnmetNeedsError(ValueError):
+    """The solver / grid asks for something the model cannot provide."""
+
+
+@dataclass
+class Generated:
+    images: Tensor  # (B, C, H, W) in [-1, 1]
+    latents: Tensor
+    nfe: int
+    wall_s: float
+    sampling_s: float
+    reference: Tensor | None = None  # DOP853 solve of the same ODE from the same noise (reference=True)
+    backbone_evals: float = 0.0  # full-network-equivalent evaluations per sample actually computed (= nfe without a cache)
+    reference_s: float = 0.0  # time of the reference solves (an exact metric's cost, not sampling)
+
+
+def check_needs(bb: Backbone, solver, grid: Tensor) -> None:
+    a0 = float(bb.model.schedule.alpha(grid[:1].to(torch.float64))[0])
+    if bb.model.prediction == "epsilon" and "x0" in solver.needs:
+        if a0 == 0.0:
+            raise UnmetNeedsError(
+                f"solver {solver.name!r} needs x0 at the first grid time, where alpha = 0 and the epsilon-prediction "
+                f"model {bb.name!r} cannot give it; start the grid below t_max (e.g. the 'karras' or 'logsnr' grid)")
+        if a0 < 1e-3:
+            import warnings
+
+            warnings.warn(f"the grid starts where alpha = {a0:.1e}: an epsilon-prediction model's x0 = (x - sigma eps) / alpha "
+                          f"amplifies its error {1 / a0:.0f}x there (e.g. the cosine schedule's last timestep); "
+                          "consider a grid that starts lower, such as 'leading'", stacklevel=3)
+
+
+def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps: int = 20, grid: str | None = None,
+             grid_options: dict | None = None, guidance: str | None = "cfg", scale: float = 4.0,
+             negative_prompts: Sequence | None = None, seeds: Sequence[int] | None = None, device: str = "cpu",
+             solver_options: dict | None = None, batch_size: int = 64, progress: bool = False,
+             reference: bool = False, cache: str | None = None, cache_options: dict | None = None) -> Generated:
+    """Sample one image per prompt with per-sample seeds (``seeds[i]`` for image i); ``cache``
+    names a registered cache (a fresh session per batch)."""
+    t0 = time.perf_counter()
+    solver_obj = registry.get("solver", solver)
+    grid_name = grid or bb.default_grid
+    opts = dict(bb.default_grid_options if grid is None else {}, **(grid_options or {}))
+    times = registry.get("grid", grid_name)(bb.model.schedule, steps, **opts)
+    check_needs(bb, solver_obj, times)
+    seeds = list(seeds if seeds is not None else range(len(prompts)))
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    outs, refs, nfe, samp, evals, ref_s = [], [], 0, 0.0, 0.0, 0.0
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="cell", unit="batch", leave=False, file=sys.stderr)
+    for i in starts:
+        p = list(prompts[i:i + batch_size])
+        s = seeds[i:i + batch_size]
+        neg = None if negative_prompts is None else list(negative_prompts[i:i + batch_size])
+        conds = {k: {kk: vv.to(device) for kk, vv in c.items()} for k, c in bb.conds(p, neg).items()}
+        if guidance is None:
+            den = bb.model.denoiser(conds["cond"])
+        else:
+            den = GuidedDenoiser(bb.model, registry.get("guidance", guidance)(scale=scale), conds)
+        x = randn((len(p),) + tuple(bb.latent_shape), generators(s), device=device)
+        x = x * float(torch.sqrt(bb.model.schedule.alpha(times[:1]) ** 2 + bb.model.schedule.sigma(times[:1]) ** 2))
+        step_gens = generators([10_000_019 + k for k in s])
+        with torch.no_grad():
+            res = sample(solver_obj, den, x, times, generator=step_gens, cache=cache, cache_options=cache_options,
+                         **(solver_options or {}))
+        outs.append(res.x)
+        evals += res.backbone_evals * len(p) / len(prompts)
+        nfe = res.nfe  # per batch: identical for every batch
+        if reference:  # the same (guided) ODE, same start and end, solved to high precision
+            t_ref = time.perf_counter()
+            # the plain network: a harness timing wrapper (``__wrapped__``) must not count this as sampling
+            plain = getattr(bb.model.net, "__wrapped__", bb.model.net)
+            with torch.no_grad():
+                refs.append(sample("dop853", den.with_net(plain), x.double(), times).x.to(res.x.dtype))
+            ref_s += time.perf_counter() - t_ref
+        samp += res.wall_s
+    lat = torch.cat(outs)
+    images = torch.cat([bb.decode(lat[i:i + 256]) for i in range(0, len(lat), 256)])
+    return Generated(images, lat, nfe, time.perf_counter() - t0, samp, torch.cat(refs) if refs else None, evals, ref_s)

@@ -1,5 +1,0 @@
-"""Data worlds for the embedded backbones: a procedural captioned shapes world and sklearn's digits."""
-from .digits import DigitsWorld
-from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesWorld, parse_caption
-
-__all__ = ["COLOURS", "DigitsWorld", "POSITIONS", "SHAPES", "SIZES", "ShapesWorld", "parse_caption"]
