@@ -24,7 +24,7 @@ import traceback
 import torch
 
 import solverzoo as sz
-from solverzoo import registry
+from solverzoo import registry, schedule_from_spec
 from solverzoo.models import weights
 from solverzoo.models.nets import DiT
 
@@ -65,7 +65,7 @@ def load(device: str, cond_file: str):
     path = weights.resolve("shapes-dit-flow")
     cfg = weights.read_meta(path)["config"]
     net = weights.load_into(DiT(**cfg["net"]), path).to(device).eval()
-    sched = registry.get("schedule", cfg["schedule"]["name"])(**{k: v for k, v in cfg["schedule"].items() if k != "name"})
+    sched = schedule_from_spec(cfg["schedule"])
     raw = load_file(cond_file)
     conds = {b: {k.split(".", 1)[1]: v.to(device) for k, v in raw.items() if k.startswith(b + ".")} for b in ("cond", "uncond")}
     return net, cfg, sched, conds

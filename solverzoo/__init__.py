@@ -30,6 +30,15 @@ def get_schedule(name: str, **options) -> NoiseSchedule:
     return registry.get("schedule", name)(**options)
 
 
+def schedule_from_spec(spec: dict) -> NoiseSchedule:
+    """A new noise schedule from a saved spec ``{"name": family, **options}`` (the form kept in
+    shipped weights' metadata and training configs): the one place that turns one into a schedule."""
+    spec = dict(spec)
+    if "name" not in spec:
+        raise ValueError(f"schedule spec {spec!r} needs a 'name' (a registered schedule family)")
+    return get_schedule(spec.pop("name"), **spec)
+
+
 def get_guidance(name: str, **options) -> Guidance:
     """A new guidance method of the registered kind ``name`` with ``options`` (``scale`` ...)."""
     return registry.get("guidance", name)(**options)
@@ -41,6 +50,6 @@ __all__ = [
     "Conditioner", "Denoiser", "GridError", "GuidedDenoiser", "Guidance", "Model", "ModelDenoiser",
     "NoiseSchedule", "NonFiniteError", "PluginConflictError", "PluginError", "Prediction", "SampleResult",
     "Solver", "TimeGrid", "UnknownComponentError", "branch_conds", "generators", "get_grid", "get_guidance",
-    "get_schedule", "get_solver", "hookimpl", "initial_noise", "randn", "randn_like", "registry", "sample",
+    "get_schedule", "get_solver", "schedule_from_spec", "hookimpl", "initial_noise", "randn", "randn_like", "registry", "sample",
     "time_grid", "validate_grid",
 ]

@@ -43,6 +43,13 @@ def register_caches(register):
     ``(**options) -> Cache``)."""
 
 
+@hookspec
+def register_cache_stacks(register):
+    """Register how caches reach a network's transformer block stack:
+    :class:`solverzoo.caching.StackSpec` objects whose ``name`` is the network class's name (a
+    network may instead carry the spec itself as a ``cache_stack`` attribute)."""
+
+
 HOOKS = {
     "solver": "register_solvers",
     "grid": "register_grids",
@@ -50,4 +57,5 @@ HOOKS = {
     "guidance": "register_guidance",
     "backbone": "register_backbones",
     "cache": "register_caches",
+    "cache_stack": "register_cache_stacks",
 }

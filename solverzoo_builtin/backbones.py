@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import torch
 
-from solverzoo import Model, hookimpl, registry
+from solverzoo import Model, hookimpl, registry, schedule_from_spec
 from solverzoo.models import weights
 from solverzoo.backbone import Backbone
 from solverzoo.models.nets import VAE, AttributeClassifier, DiT
@@ -22,7 +22,7 @@ def _shapes(name: str, artifact: str, default_grid: str, grid_options: dict, dev
     net = weights.load_into(DiT(**cfg["net"]), path).to(device)
     vae = weights.load_into(VAE(), cfg["vae"]).to(device)
     clf = weights.load_into(AttributeClassifier(), "shapes-classifier").to(device)
-    sched = registry.get("schedule", cfg["schedule"]["name"])(**{k: v for k, v in cfg["schedule"].items() if k != "name"})
+    sched = schedule_from_spec(cfg["schedule"])
     model = Model(net, cfg["prediction"], sched, time_input=cfg["time_input"])
 
     @torch.no_grad()
@@ -77,7 +77,7 @@ def digits(device: str = "cpu") -> Backbone:
     cfg = weights.read_meta(path)["config"]
     net = weights.load_into(DiT(**cfg["net"]), path).to(device)
     clf = weights.load_into(DigitClassifier(), "digits-classifier").to(device)
-    sched = registry.get("schedule", cfg["schedule"]["name"])(**{k: v for k, v in cfg["schedule"].items() if k != "name"})
+    sched = schedule_from_spec(cfg["schedule"])
     model = Model(net, cfg["prediction"], sched, time_input=cfg["time_input"])
     card = path.with_suffix(".md")
     return Backbone("digits", model, DigitsConditioner(), (1, 16, 16), lambda z: z.float().clamp(-1, 1), "leading", {},

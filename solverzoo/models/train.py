@@ -142,7 +142,7 @@ def _optimise(net, ema, opt, loss, step: int, cfg: dict) -> None:
 
 
 def train_dit(cfg: dict, out_dir=None) -> dict:
-    from solverzoo import registry
+    from solverzoo import schedule_from_spec
     from solverzoo.models.conditioners import minilm
     from solverzoo.model import TIME_INPUTS
 
@@ -161,7 +161,7 @@ def train_dit(cfg: dict, out_dir=None) -> dict:
     cap_idx = torch.tensor([row[c] for c in caps])
     null_row = row[""]
     _log(f"dit data ready: {len(imgs)} images, {len(uniq)} captions, {time.time() - t0:.0f}s")
-    sched = registry.get("schedule", cfg["schedule"]["name"])(**{k: v for k, v in cfg["schedule"].items() if k != "name"})
+    sched = schedule_from_spec(cfg["schedule"])
     time_in = TIME_INPUTS[cfg["time_input"]]
     net = DiT(**cfg["net"])
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -244,7 +244,7 @@ def train_digits_classifier(cfg: dict, out_dir=None) -> dict:
 
 
 def train_digits_dit(cfg: dict, out_dir=None) -> dict:
-    from solverzoo import registry
+    from solverzoo import schedule_from_spec
     from solverzoo.model import TIME_INPUTS
     from solverzoo.models.worlds import DigitsWorld
 
@@ -254,7 +254,7 @@ def train_digits_dit(cfg: dict, out_dir=None) -> dict:
     d = DigitsWorld()
     n_train = len(d) - cfg["holdout"]
     x_all, y_all = torch.from_numpy(d.images[:n_train]), torch.from_numpy(d.labels[:n_train])
-    sched = registry.get("schedule", cfg["schedule"]["name"])(**{k: v for k, v in cfg["schedule"].items() if k != "name"})
+    sched = schedule_from_spec(cfg["schedule"])
     time_in = TIME_INPUTS[cfg["time_input"]]
     net = DiT(**cfg["net"])
     ema = copy.deepcopy(net).requires_grad_(False)
