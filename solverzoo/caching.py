@@ -13,8 +13,29 @@ Decisions are made **per row** (each sample and guidance branch on its own), so 
 depends on which other samples share its batch; skipped rows cost nothing, and a call whose
 rows all compute runs the unmodified blocks (bit-identical to no cache).
 
-Supported networks (:data:`STACKS`): solverzoo's DiT and the diffusers ``DiTTransformer2DModel``
-and ``SD3Transformer2DModel`` (found through a wrapper's ``module`` / ``net`` / ``__wrapped__``).
+Which networks are cacheable: any network that *declares its block stack* with a
+:class:`StackSpec` (which ModuleList holds the blocks, how one block is called, and the first
+block's modulated input). Two ways, neither needing a change to solverzoo:
+
+* on the network itself, a ``cache_stack`` attribute: a :class:`StackSpec`, or a method taking
+  no argument that returns one (for a stack that depends on the instance)::
+
+      class MyTransformer(nn.Module):
+          cache_stack = StackSpec("blocks", streams=..., call=..., output=..., indicator=...)
+
+* for a class you do not own, a plugin registering the spec under the class's name::
+
+      @hookimpl
+      def register_cache_stacks(register):
+          register(StackSpec("transformer_blocks", ..., name="ThirdPartyTransformer"))
+
+:func:`find_stack` looks at the network and at what it wraps (``module`` / ``net`` /
+``__wrapped__``, outermost first); on each object it takes the ``cache_stack`` attribute, else
+the ``cache_stack`` registered for the name of its class or of a base class (method resolution
+order). solverzoo's DiT declares its stack as an attribute; the diffusers
+``DiTTransformer2DModel`` and ``SD3Transformer2DModel`` through the built-in plugin
+``solverzoo_builtin.cache_stacks``.
+
 Per-row decisions read a (B,) mask on the host once per network call: caches that decide on the
 data synchronise once per call, by nature; a fixed-schedule cache (TaylorSeer) does not.
 """
@@ -27,21 +48,29 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from solverzoo.registry import UnknownComponentError, registry
+
+WRAPPER_ATTRS = ("module", "net", "__wrapped__")
+"""Attributes through which :func:`find_stack` looks inside a wrapper, in this order."""
+
 
 class CacheError(ValueError):
     """A cache cannot be used with this network or denoiser."""
 
 
-# -- how each supported network calls its blocks --------------------------------------------
+# -- how a network calls its blocks ---------------------------------------------------------
 @dataclass(frozen=True)
 class StackSpec:
-    """How one network family runs its blocks.
+    """How one network family runs its blocks (a network's declaration that caches may drive them).
 
-    attr: the ModuleList attribute holding the blocks.
-    streams: ``(args, kwargs) -> tuple of hidden-state tensors`` the blocks carry.
+    attr: the ``nn.ModuleList`` attribute holding the blocks.
+    streams: ``(args, kwargs) -> tuple of hidden-state tensors`` the blocks carry, from the
+        arguments the network passes to a block.
     call: ``(block, args, kwargs, streams) -> streams`` one block applied.
     output: ``(streams) -> what the block loop expects back`` (the last block's return value).
     indicator: ``(block0, args, kwargs) -> Tensor (B, ...)`` the first block's timestep-modulated input.
+    name: the network class's name (needed only to register the spec through a plugin).
+    description: one line for listings (``solverzoo plugins``).
     """
 
     attr: str
@@ -49,70 +78,65 @@ class StackSpec:
     call: Callable
     output: Callable
     indicator: Callable
+    name: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        # listings show an object's first docstring line: give each spec its own
+        object.__setattr__(self, "__doc__", self.description or f"block stack .{self.attr}")
 
 
-def _sz_indicator(blk, args, kwargs):
-    from solverzoo.models.nets.dit import modulate
-
-    h, c = args[0], args[1]
-    mods = blk.ada(c).chunk(9 if blk.cross else 6, dim=-1)
-    return modulate(blk.norms[0](h), mods[0], mods[1])
+_HOW_TO_DECLARE = ("declare the stack: give the network class a `cache_stack` attribute (a solverzoo.caching.StackSpec, "
+                   "or a method returning one), or register a StackSpec named after the class through a plugin's "
+                   "`register_cache_stacks` hook (see solverzoo.caching); a wrapper must expose the network as "
+                   + ", ".join(f".{a}" for a in WRAPPER_ATTRS))
 
 
-SZ_DIT = StackSpec(
-    "blocks",
-    streams=lambda a, k: (a[0],),
-    call=lambda blk, a, k, s: (blk(s[0], *a[1:], **k),),
-    output=lambda s: s[0],
-    indicator=_sz_indicator,
-)
+def _declared(obj) -> StackSpec | None:
+    """The spec ``obj`` carries as its ``cache_stack`` attribute (or method), if any."""
+    spec = getattr(obj, "cache_stack", None)
+    if spec is None or isinstance(spec, StackSpec):
+        return spec
+    if callable(spec):
+        spec = spec()
+    if not isinstance(spec, StackSpec):
+        raise CacheError(f"{type(obj).__name__}.cache_stack gave {type(spec).__name__}, not a "
+                         "solverzoo.caching.StackSpec; " + _HOW_TO_DECLARE)
+    return spec
 
 
-def _hf_dit_indicator(blk, args, kwargs):
-    h = args[0] if args else kwargs["hidden_states"]
-    return blk.norm1(h, kwargs.get("timestep"), kwargs.get("class_labels"), hidden_dtype=h.dtype)[0]
-
-
-HF_DIT = StackSpec(
-    "transformer_blocks",
-    streams=lambda a, k: (a[0] if a else k["hidden_states"],),
-    call=lambda blk, a, k, s: (blk(s[0], *a[1:], **k) if a else blk(**{**k, "hidden_states": s[0]}),),
-    output=lambda s: s[0],
-    indicator=_hf_dit_indicator,
-)
-
-
-def _sd3_call(blk, a, k, s):
-    ehs, hs = blk(**{**k, "hidden_states": s[0], "encoder_hidden_states": s[1]})
-    return (hs, s[1] if ehs is None else ehs)  # the last block returns no context stream
-
-
-SD3 = StackSpec(
-    "transformer_blocks",
-    streams=lambda a, k: (k["hidden_states"], k["encoder_hidden_states"]),
-    call=_sd3_call,
-    output=lambda s: (s[1], s[0]),
-    indicator=lambda blk, a, k: blk.norm1(k["hidden_states"], emb=k["temb"])[0],
-)
-
-STACKS: dict[str, StackSpec] = {"DiT": SZ_DIT, "DiTTransformer2DModel": HF_DIT, "SD3Transformer2DModel": SD3}
+def _registered(obj) -> StackSpec | None:
+    """The spec registered (kind ``cache_stack``) for ``obj``'s class or its nearest base class."""
+    for cls in type(obj).__mro__:
+        try:
+            return registry.get("cache_stack", cls.__name__)
+        except UnknownComponentError:
+            continue
+    return None
 
 
 def find_stack(net) -> tuple[nn.Module, StackSpec]:
-    """The module whose block stack a cache drives, looked up through wrappers."""
-    seen, todo = set(), [net]
+    """The module whose block stack a cache drives, and its spec, looked up through wrappers.
+
+    Raises:
+        CacheError: nothing in ``net`` declares a block stack (the message says how to), or a
+            declared stack's attribute is not an ``nn.ModuleList``.
+    """
+    seen, todo, bad = set(), [net], []
     while todo:
         obj = todo.pop(0)
         if obj is None or id(obj) in seen:
             continue
         seen.add(id(obj))
-        spec = STACKS.get(type(obj).__name__)
-        if spec is not None and isinstance(getattr(obj, spec.attr, None), nn.ModuleList):
-            return obj, spec
-        todo += [getattr(obj, a, None) for a in ("module", "net", "__wrapped__")]
-    raise CacheError(f"caches drive a transformer's block stack; no supported transformer found in {type(net).__name__} "
-                     f"(supported: {sorted(STACKS)}; a wrapper must expose the transformer as .module, .net or "
-                     "__wrapped__)")
+        spec = _declared(obj) or _registered(obj)
+        if spec is not None:
+            if isinstance(getattr(obj, spec.attr, None), nn.ModuleList):
+                return obj, spec
+            bad.append(f"{type(obj).__name__} declares its blocks at .{spec.attr}, which is not an nn.ModuleList")
+        todo += [getattr(obj, a, None) for a in WRAPPER_ATTRS]
+    found = f" ({'; '.join(bad)})" if bad else ""
+    raise CacheError(f"caches drive a transformer's block stack; no declared block stack found in "
+                     f"{type(net).__name__}{found}. To make a network cacheable, {_HOW_TO_DECLARE}")
 
 
 # -- one network call, as the policy sees it ------------------------------------------------

@@ -1,13 +1,20 @@
 """Caches: exactness when they never skip, real savings when they do, per-row decisions
 (batch-size independence), state that lives for one sampling call, diffusers transformers,
-and clear errors. Checked against the uncached network (the independent reference)."""
+networks that declare their own block stack (attribute or plugin), and clear errors. Checked
+against the uncached network (the independent reference)."""
+import dataclasses
+import subprocess
+import sys
+import types
+
 import diffusers
 import pytest
 import torch
+from torch import nn
 
 import solverzoo as sz
 from solverzoo.models.adapters import diffusers_model
-from solverzoo.caching import CacheError, estimate_flops
+from solverzoo.caching import CacheError, StackSpec, estimate_flops, find_stack
 from solverzoo.models.nets import DiT
 from solverzoo_builtin.caches import TaylorSeer
 
@@ -171,3 +178,139 @@ def test_caches_are_listed_by_plugins(capsys):
     out = capsys.readouterr().out
     assert "caches:" in out and all(name in out for name in ("teacache", "first_block", "taylorseer"))
     assert "optimised" in out
+
+
+# -- networks that declare their own block stack ----------------------------------------------
+class _TinyBlock(nn.Module):
+    """adaLN-modulated MLP block: ``h + gate * mlp(norm(h) * (1 + scale) + shift)``."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.ada = nn.Linear(d, 3 * d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def modulated(self, h, c):
+        shift, scale, _ = self.ada(c).chunk(3, dim=-1)
+        return self.norm(h) * (1 + scale[:, None]) + shift[:, None]
+
+    def forward(self, h, c):
+        gate = self.ada(c).chunk(3, dim=-1)[2]
+        return h + gate[:, None] * self.mlp(self.modulated(h, c))
+
+
+class _PlainTransformer(nn.Module):
+    """A third party's transformer over (B, 4, 8, 8): tokens are pixels, blocks in ``.layers``."""
+
+    def __init__(self, d: int = 16, depth: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.out = nn.Linear(4, d), nn.Linear(d, 4)
+        self.temb = nn.Sequential(nn.Linear(1, d), nn.SiLU(), nn.Linear(d, d))
+        self.layers = nn.ModuleList(_TinyBlock(d) for _ in range(depth))
+        for p in self.parameters():
+            nn.init.normal_(p, std=0.2)
+
+    def forward(self, x, t):
+        B, C, H, W = x.shape
+        h, c = self.inp(x.flatten(2).transpose(1, 2)), self.temb(t.float()[:, None])
+        for blk in self.layers:
+            h = blk(h, c)
+        return self.out(h).transpose(1, 2).reshape(B, C, H, W)
+
+
+_TINY_STACK = StackSpec("layers", streams=lambda a, k: (a[0],), call=lambda blk, a, k, s: (blk(s[0], *a[1:]),),
+                        output=lambda s: s[0], indicator=lambda blk, a, k: blk.modulated(a[0], a[1]))
+
+
+class _DeclaringTransformer(_PlainTransformer):
+    cache_stack = _TINY_STACK
+
+
+class _DeclaringByMethod(_PlainTransformer):
+    def cache_stack(self):
+        return _TINY_STACK
+
+
+def _sample_plain(net, steps=10, **kw):
+    model = sz.Model(net, "velocity", sz.get_schedule("flow"))
+    grid = sz.get_grid("flow_shift")(model.schedule, steps, shift=2.0)
+    x = sz.randn((3, 4, 8, 8), sz.generators(range(3)))
+    with torch.no_grad():
+        return sz.sample("dpmpp_2m", model.denoiser(), x, grid, **kw)
+
+
+@pytest.mark.parametrize("cls", [_DeclaringTransformer, _DeclaringByMethod])
+@pytest.mark.parametrize("cache", sorted(NEVER_SKIP))
+def test_a_network_declaring_cache_stack_is_cacheable_without_changing_solverzoo(cls, cache):
+    net = cls().eval()
+    assert find_stack(net) == (net, _TINY_STACK)
+    base = _sample_plain(net)
+    exact = _sample_plain(net, cache=cache, cache_options=NEVER_SKIP[cache])
+    assert torch.equal(exact.x, base.x) and exact.backbone_evals == pytest.approx(base.nfe)
+    fast = _sample_plain(net, steps=20, cache=cache, cache_options=SKIPPING[cache])
+    assert fast.backbone_evals < fast.nfe and torch.isfinite(fast.x).all()
+    assert isinstance(net.layers, nn.ModuleList)
+
+
+@pytest.fixture
+def stack_plugin():
+    """Registers a cache_stack for ``_PlainTransformer`` in-process, as a third-party plugin would."""
+
+    @sz.hookimpl
+    def register_cache_stacks(register):
+        register(dataclasses.replace(_TINY_STACK, name="_PlainTransformer", description="test stack"))
+
+    plugin = types.ModuleType("tiny_stack_plugin")
+    plugin.register_cache_stacks = register_cache_stacks
+    sz.registry.add_plugin(plugin, "tiny_stack_plugin", "tiny-stack-dist 1.0")
+    try:
+        yield
+    finally:
+        sz.registry.remove_plugin("tiny_stack_plugin")
+
+
+def test_a_registered_stack_makes_a_class_and_its_subclasses_cacheable(stack_plugin):
+    entry = sz.registry.entry("cache_stack", "_PlainTransformer")
+    assert entry.origin == "tiny-stack-dist 1.0"
+    net = _PlainTransformer().eval()
+    module, spec = find_stack(sz.Model(net, "velocity", sz.get_schedule("flow")).net)
+    assert module is net and spec is entry.obj
+    base = _sample_plain(net)
+    exact = _sample_plain(net, cache="teacache", cache_options=NEVER_SKIP["teacache"])
+    assert torch.equal(exact.x, base.x)
+    sub = type("Sub", (_PlainTransformer,), {})()  # found through the class's bases (MRO)
+    assert find_stack(sub)[1] is entry.obj
+
+
+def test_a_network_without_a_declared_stack_says_how_to_declare_one():
+    net = _PlainTransformer()
+    wrapper = types.SimpleNamespace(module=net)
+    for obj in (net, wrapper):
+        with pytest.raises(CacheError, match="_PlainTransformer|SimpleNamespace") as err:
+            find_stack(obj)
+        assert "cache_stack" in str(err.value) and "register_cache_stacks" in str(err.value)
+    with pytest.raises(CacheError, match="block stack"):
+        _sample_plain(net, cache="teacache")
+    bad = type("Bad", (_PlainTransformer,), {"cache_stack": StackSpec("inp", *[_TINY_STACK.streams] * 4)})()
+    with pytest.raises(CacheError, match=r"\.inp, which is not an nn\.ModuleList"):
+        find_stack(bad)
+    odd = type("Odd", (_PlainTransformer,), {"cache_stack": lambda self: "layers"})()
+    with pytest.raises(CacheError, match="not a solverzoo.caching.StackSpec"):
+        find_stack(odd)
+
+
+def test_the_cache_contract_imports_no_models_and_no_diffusers():
+    code = ("import sys, solverzoo.caching, solverzoo_builtin.cache_stacks\n"
+            "bad = [m for m in sys.modules if m == 'diffusers' or m.startswith(('solverzoo.models', 'solverzoo.bench'))]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cache_stacks_are_listed_by_plugins(capsys):
+    from solverzoo.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "cache_stacks:" in out and "DiTTransformer2DModel" in out and "SD3Transformer2DModel" in out

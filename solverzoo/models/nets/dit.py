@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from solverzoo.caching import StackSpec
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (B,) times (Vaswani et al. 2017; ADM / DiT convention)."""
@@ -74,6 +76,25 @@ class DiTBlock(nn.Module):
         return x + g[:, None] * self.mlp(modulate(self.norms[-1](x), s, sc))
 
 
+def _dit_indicator(blk: DiTBlock, args: tuple, kwargs: dict) -> Tensor:
+    """The first block's timestep-modulated input ``modulate(norm(h), shift, scale)`` (TeaCache's indicator)."""
+    h, c = args[0], args[1]
+    mods = blk.ada(c).chunk(9 if blk.cross else 6, dim=-1)
+    return modulate(blk.norms[0](h), mods[0], mods[1])
+
+
+DIT_STACK = StackSpec(
+    "blocks",
+    streams=lambda a, k: (a[0],),
+    call=lambda blk, a, k, s: (blk(s[0], *a[1:], **k),),
+    output=lambda s: s[0],
+    indicator=_dit_indicator,
+    name="DiT",
+    description="solverzoo DiT: .blocks called as blk(h, c, ctx, mask), one hidden stream",
+)
+"""How caches drive :class:`DiT`'s blocks (see :mod:`solverzoo.caching`)."""
+
+
 class DiT(nn.Module):
     """Diffusion transformer over (B, C, H, W) inputs.
 
@@ -83,6 +104,8 @@ class DiT(nn.Module):
         text_dim: width of text tokens / pooled vector (None for no text conditioning).
         num_classes: number of class labels (None for no label conditioning); label -1 is null.
     """
+
+    cache_stack = DIT_STACK  # caches (solverzoo.caching) may drive .blocks
 
     def __init__(self, in_channels: int = 4, input_size: int = 8, patch: int = 2, hidden: int = 128, depth: int = 6,
                  heads: int = 4, mlp_ratio: float = 4.0, text_dim: int | None = 384, num_classes: int | None = None):
