@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional test dependency (pip install 'solverzoo[test]'); this module wraps diffusers models")
 
 import solverzoo as sz  # noqa: E402
 from solverzoo.models.adapters import DiffusersVAE, diffusers_model, schedule_from_config  # noqa: E402
@@ -126,7 +126,7 @@ def test_wrapped_flux_transformer_samples_packed_latents():
 
 
 def test_text_conditioner_wraps_t5_and_clip_text_encoders(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a required dependency of solverzoo: missing, it must fail, not skip
     from solverzoo.models.conditioners import TextConditioner, minilm_path
 
     tok = transformers.AutoTokenizer.from_pretrained(minilm_path())  # any tokenizer works for a random model

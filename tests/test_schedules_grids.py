@@ -84,3 +84,90 @@ def test_flow_shift_grid():
     torch.testing.assert_close(g, 3 * u / (1 + 2 * u))
     none = sz.get_grid("flow_shift")(s, 4, shift=3.0, final="none")
     assert math.isclose(float(none[-1]), s.t_min) and float(none[0]) == 1.0
+
+
+# -- 1-step and 2-step linspace against hand-computed grids -----------------------------------
+# grids.py: linspace is round(linspace(0, T - 1, N)) reversed, and with 1 step it starts at
+# T - 1; every spacing ends with a step to clean data (index -1). Indices map to times by
+# t = index on a discrete T = 1000 schedule and by t_zero + (index + 1) / 1000 * (t_max - t_zero)
+# on a continuous one (a virtual T = 1000). Worked by hand:
+#   ddpm (t = 0..999, clean at t = -1):  1 step [999, -1];        2 steps [999, 0, -1]
+#   vp   (t_zero 0, t_max 1):            1 step [1.0, 0.0];       2 steps [1.0, 0.001, 0.0]
+#   edm  (t_zero 0, t_max 80):           1 step [80.0, 0.0];      2 steps [80.0, 0.08, 0.0]
+LINSPACE_BY_HAND = [("ddpm", 1, [999.0, -1.0]), ("ddpm", 2, [999.0, 0.0, -1.0]),
+                    ("vp", 1, [1.0, 0.0]), ("vp", 2, [1.0, 0.001, 0.0]),
+                    ("edm", 1, [80.0, 0.0]), ("edm", 2, [80.0, 0.08, 0.0]),
+                    ("flow", 1, [1.0, 0.0])]
+
+
+@pytest.mark.parametrize("schedule,steps,want", LINSPACE_BY_HAND)
+def test_linspace_few_steps_by_hand(schedule, steps, want):
+    s = sz.get_schedule(schedule)
+    g = sz.get_grid("linspace")(s, steps)
+    torch.testing.assert_close(g, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
+    a, sg = s.alpha_sigma(g)
+    assert float(sg[-1]) == 0.0 and float(a[-1]) == 1.0  # the last step lands on clean data
+
+
+# -- every solver on every registered grid at 1 step, prime counts and 1000 steps -------------
+# DESIGN.md pitfall 1 (diffusers#9261, #12633, #13243): a solver must step on the explicit grid,
+# whatever its spacing and step count. Grids are taken from the registry, so a new grid is
+# covered here or must say below why it cannot be.
+def _explicit_times(schedule, steps):
+    """Quadratic in time from t_max to t_zero: fractional discrete times, dense near clean data."""
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return {"times": tuple((schedule.t_zero + (schedule.t_max - schedule.t_zero) * u ** 2).tolist())}
+
+
+GRID_ARGS = {"explicit": _explicit_times}
+NO_STEP_COUNT = {"optimised": "serves saved grids only at the step counts they were optimised for, by key"}
+EDGE_STEPS = (1, 7, 13, 1000)
+_STEP_GRIDS = [g for g in sz.registry.names("grid") if g not in NO_STEP_COUNT]
+_SOLVERS = [n for n in sz.registry.names("solver") if not sz.get_solver(n).adaptive]
+
+
+def _edge_grid(grid_name, steps):
+    sched = sz.get_schedule("ddpm")
+    return sz.get_grid(grid_name)(sched, steps, **GRID_ARGS.get(grid_name, lambda s, n: {})(sched, steps))
+
+
+def _edge_cases():
+    for steps in EDGE_STEPS:
+        seen = {}
+        for grid in _STEP_GRIDS:
+            times = tuple(_edge_grid(grid, steps).tolist())
+            if times in seen:  # e.g. leading = linspace = trailing (every timestep) at 1000 steps
+                continue
+            seen[times] = grid
+            for solver in _SOLVERS:
+                if steps == 1000 and sz.get_solver(solver).evals_per_step > 1:
+                    continue  # 1000 steps only for single-evaluation solvers (test time); 1, 7, 13 for all
+                yield pytest.param(solver, grid, steps, id=f"{solver}-{grid}-{steps}")
+
+
+def test_every_step_count_grid_is_in_the_edge_test():
+    assert set(_STEP_GRIDS) | set(NO_STEP_COUNT) == set(sz.registry.names("grid"))
+    assert _STEP_GRIDS and all(g in sz.registry.names("grid") for g in NO_STEP_COUNT), NO_STEP_COUNT
+
+
+@pytest.mark.parametrize("solver,grid_name,steps", list(_edge_cases()))
+def test_every_solver_on_every_grid_at_edge_step_counts(gmm, solver, grid_name, steps):
+    """1 step, prime step counts (7, 13) and 1000 steps on a T = 1000 discrete schedule (a grid
+    identical to one run already is run once): the grid has steps + 1 times ending on clean data,
+    the sample is finite and near the data, the callback sees every grid time, and
+    single-evaluation solvers make one call per step."""
+    sched = sz.get_schedule("ddpm")
+    den = gmm.model(sched, "v").denoiser()  # v-prediction is finite at every noise level
+    grid = _edge_grid(grid_name, steps)
+    assert len(grid) == steps + 1 and float(sched.sigma(grid[-1])) == 0.0
+    x = sz.initial_noise(sched, grid[0], (2, 4), sz.generators(range(2)), dtype=torch.float64)
+    seen = []
+    res = sz.sample(solver, den, x, grid, generator=sz.generators(range(10, 12)), callback=lambda d: seen.append(float(d["t"])))
+    assert torch.isfinite(res.x).all()
+    assert seen == grid[1:].tolist(), f"callback times {seen[:5]}... ({len(seen)}) are not the grid's {steps} step ends"
+    evals = sz.get_solver(solver).evals_per_step
+    assert res.nfe <= evals * steps and (evals > 1 or res.nfe == steps), f"{res.nfe} evaluations for {steps} steps"
+    dist = torch.cdist(res.x, gmm.means).min(dim=1).values
+    # one step from pure noise lands roughly, 7 high-order steps overshoot a little (dpmpp_3m on karras: 2.97)
+    limit = 6 * float(gmm.stds.max()) + (3.0 if steps == 1 else 1.0 if steps < 10 else 0.0)
+    assert (dist < limit).all(), f"end point {float(dist.max()):.3g} from the nearest mixture mean (limit {limit:.3g})"

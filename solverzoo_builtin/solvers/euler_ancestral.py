@@ -1,4 +1,8 @@
-"""Euler ancestral (k-diffusion's ``sample_euler_ancestral``; Karras et al. 2022 notation)."""
+"""Euler ancestral = DDIM (Song, Meng & Ermon, ICLR 2021; k-diffusion's ``sample_euler_ancestral``).
+
+One implementation under two registered names: ``euler_ancestral`` (this class) and ``ddim``
+(:class:`solverzoo_builtin.solvers.ddim.DDIM`, the same step with DDIM's option set and defaults).
+"""
 import math
 
 from solverzoo import Solver, hookimpl, randn_like
@@ -6,10 +10,30 @@ from solverzoo.kit import table
 
 
 class EulerAncestral(Solver):
-    """Euler ancestral — k-diffusion (Crowson): an Euler step down to ``sigma_down`` followed by
-    fresh noise of std ``sigma_up`` (VE sigmas), with
-    ``sigma_up = eta * sigma' * sqrt(1 - (sigma'/sigma)^2)`` and ``s_noise`` scaling the noise.
-    With ``eta = s_noise = 1`` it coincides with DDIM at eta = 1."""
+    """Euler ancestral — k-diffusion (Crowson), which is DDIM (Song et al. 2021) with eta = 1.
+
+    The step: ``x' = alpha' x0 + sqrt(sigma'^2 - c^2) eps + s_noise * c z`` with
+    ``c = eta * sigma' * sqrt(1 - exp(-2h))`` and ``h`` the log-SNR step. In k-diffusion's
+    notation on VE sigmas it is an Euler step down to ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``
+    followed by fresh noise of std ``s_noise * sigma_up``, with
+    ``sigma_up = eta * sigma' * sqrt(1 - (sigma'/sigma)^2)`` (so ``c = alpha' * sigma_up``).
+    ``eta = 0`` is the deterministic DDIM ODE solver (first order, Euler in the VE frame);
+    ``eta = 1`` is ancestral sampling with DDPM's posterior variance.
+
+    One algorithm, two registered names (``ddim`` is :class:`~solverzoo_builtin.solvers.ddim.DDIM`,
+    a subclass that changes only the name, the option set and the defaults):
+
+    * ``ddim(eta=e)`` is ``euler_ancestral(eta=e, s_noise=1)``, bit for bit (same plan, same loop).
+    * ``ddim()`` (eta 0 by default) is ``euler_ancestral(eta=0)``: deterministic DDIM.
+    * ``euler_ancestral()`` (eta 1, s_noise 1 by default) is ``ddim(eta=1)``.
+    * ``euler_ancestral(s_noise=s)`` with ``s != 1`` has no ``ddim`` counterpart: ``s_noise``
+      scales only the injected noise without rebalancing ``sigma_down`` (k-diffusion's
+      convention); ``ddim`` has no ``s_noise`` option.
+
+    Options:
+        eta: stochasticity in [0, 1] (default 1; 0 for ``ddim``).
+        s_noise: scale of the injected noise (default 1).
+    """
 
     name = "euler_ancestral"
     order = 1
@@ -17,28 +41,29 @@ class EulerAncestral(Solver):
 
     def plan(self, schedule, grid, *, eta: float = 1.0, s_noise: float = 1.0):
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"euler_ancestral: eta must lie in [0, 1], got {eta!r}")
+            raise ValueError(f"{self.name}: eta must lie in [0, 1], got {eta!r}")
         tab = table(schedule, grid)
         out = []
         for i in range(tab.n):
             a1, s1 = float(tab.alpha[i + 1]), float(tab.sigma[i + 1])
-            up = eta * s1 * math.sqrt(max(1.0 - tab.emh(i) ** 2, 0.0))  # alpha' * sigma_up (VE)
-            down = math.sqrt(max(s1 * s1 - up * up, 0.0))  # alpha' * sigma_down (VE)
-            out.append((a1, down, up * s_noise))
+            c = eta * s1 * math.sqrt(max(1.0 - tab.emh(i) ** 2, 0.0))  # alpha' * sigma_up (VE)
+            down = math.sqrt(max(s1 * s1 - c * c, 0.0))  # alpha' * sigma_down (VE)
+            out.append((a1, down, c * s_noise))  # c * 1.0 == c exactly: ddim's plan
         return out
 
     def loop(self, denoiser, x, grid, plan, *, generator=None, callback=None):
-        for i, (a, down, up) in enumerate(plan):
+        for i, (a, down, c) in enumerate(plan):
             pred = denoiser(x, grid[i])
             x = pred.lin(a, down)  # alpha' * (x0 + sigma_down * eps): the Euler step in the VE frame
-            if up > 0:
-                x = x + up * randn_like(x, generator)
+            if c > 0:  # a plan constant (Python float), not a tensor
+                x = x + c * randn_like(x, generator)
             if callback is not None:
                 callback({"i": i, "t": grid[i + 1], "x": x, "x0": pred.x0})
         return x
 
     def is_stochastic(self, **options):
-        return options.get("eta", 1.0) > 0 and options.get("s_noise", 1.0) > 0
+        opts = {**self.options(), **options}  # this name's defaults (ddim has no s_noise)
+        return opts["eta"] > 0 and opts.get("s_noise", 1.0) > 0
 
 
 @hookimpl

@@ -10,7 +10,9 @@ from solverzoo.kit import frame_coords, frame_time, table
 class DOP853(Solver):
     """DOP853 — Dormand-Prince 8(5,3) adaptive Runge-Kutta (scipy) on the flow-frame ODE in
     float64: the reference for accuracy checks. Only the grid's first and last times matter;
-    the number of model evaluations it took is reported through the callback as ``nfe``."""
+    the number of model evaluations it took is reported through the callback as ``nfe``.
+    The one DOP853 implementation: ``solverzoo verify`` (:func:`solverzoo.bench.verify.reference_solve`)
+    calls it too."""
 
     name = "dop853"
     order = 8
