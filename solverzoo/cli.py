@@ -1,4 +1,5 @@
-"""The ``solverzoo`` command line: ``plugins``, ``verify``."""
+"""The ``solverzoo`` command line: ``plugins``, ``verify``, ``conformance``, ``sample``, ``bench``, ``report``,
+``optimise-grid``, ``train``."""
 from __future__ import annotations
 
 import argparse
@@ -152,6 +153,19 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_conformance(args) -> int:
+    """Run the packaged conformance checks on each named solver or grid; 0 iff all pass."""
+    from solverzoo.testing import applicable_checks, run_conformance
+
+    for name in args.names:  # unknown names fail before anything runs
+        applicable_checks(name)
+    results = []
+    for name in args.names:
+        results.append(run_conformance(name))
+        print(results[-1].summary(), flush=True)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_sample(args) -> int:
     import time
 
@@ -207,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
     v.set_defaults(fn=cmd_verify)
+    cf = sub.add_parser("conformance", help="run the packaged conformance checks on solvers or grids (exit 1 on a failure)")
+    cf.add_argument("names", nargs="+", metavar="NAME", help="registered solver or grid names")
+    cf.set_defaults(fn=cmd_conformance)
     sp = sub.add_parser("sample", help="sample an image grid from a backbone")
     sp.add_argument("--backbone", default="shapes-flow", help="registered backbone (see `solverzoo plugins`)")
     sp.add_argument("--prompt", required=True)

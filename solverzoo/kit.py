@@ -1,11 +1,38 @@
-"""Helpers for writing solvers: float64 schedule tables on the grid, integration frames,
-order selection for multistep methods, and one shared explicit Runge-Kutta mechanism.
+"""The solver-author kit: everything a solver plugin needs, in one public module.
+
+A solver is a :class:`Solver` subclass with a host-side ``plan`` (float64 coefficients from
+the schedule and the explicit grid) and a device-side ``loop`` (tensor arithmetic and
+denoiser calls only). This module re-exports that base class and gives the helpers the
+built-in solvers are written with:
+
+* the shortest route, :class:`RungeKutta`: an explicit Runge-Kutta method defined by its
+  Butcher tableau (frames, EDM churn, final step and the fused Euler step come with it)::
+
+      class Ralston(RungeKutta):
+          \"\"\"Ralston — second-order Runge-Kutta with minimum error bound (Ralston 1962).\"\"\"
+          name, order = "ralston", 2
+          tableau = (((2 / 3,),), (1 / 4, 3 / 4), (0.0, 2 / 3))  # (A, b, c)
+
+* schedule tables on the grid (:class:`Table`, :func:`table`, :func:`alpha_sigma_at`) and
+  log-SNR helpers (:func:`expm1_neg`), order selection for multistep methods
+  (:func:`multistep_orders`) and host-decided linear combinations (:func:`lincomb`);
+* integration frames (:data:`FRAMES`, :func:`resolve_frame`, :func:`frame_coords`,
+  :func:`frame_time`);
+* injected randomness (:data:`Generators`, :func:`randn_like`).
 
 Frames. Every path ``x = alpha x0 + sigma eps`` becomes a straight line in two frames:
 ``ve``: ``y = x / alpha`` against ``s = sigma / alpha`` (k-diffusion / EDM; ``dy/ds = eps``), and
 ``flow``: ``y = x / (alpha + sigma)`` against ``u = sigma / (alpha + sigma)`` (rectified flow;
 ``dy/du = eps - x0``). The flow frame stays finite where ``alpha = 0`` (the start of a
 rectified-flow or zero-terminal-SNR schedule); ``auto`` picks it there and ``ve`` elsewhere.
+
+Stability. The names in ``__all__`` are the public solver-author API. Before 1.0 they may
+still change, but only in a minor release (0.x -> 0.x+1), never in a patch release, and each
+change is listed in the release notes with the replacement; a removed name keeps working with a
+``DeprecationWarning`` for at least one minor release. Names not in ``__all__`` (and the
+fields of :class:`RKStep` / :class:`RKPlan`, which describe an internal plan) may change at any
+time. From 1.0 on, ``__all__`` follows semantic versioning. Check a solver against the
+contract with ``solverzoo conformance NAME`` (or :mod:`solverzoo.testing`).
 """
 from __future__ import annotations
 
@@ -21,7 +48,15 @@ from solverzoo.noise import Generators, randn_like
 from solverzoo.schedules import NoiseSchedule
 from solverzoo.solver import Callback, Solver
 
+__all__ = [
+    "Solver", "Callback", "Generators", "randn_like",
+    "Table", "table", "alpha_sigma_at", "expm1_neg", "multistep_orders", "lincomb",
+    "FRAMES", "resolve_frame", "frame_coords", "frame_time",
+    "RungeKutta", "RKPlan", "RKStep", "EULER_TABLEAU", "TableauError", "check_tableau",
+]
+
 FRAMES = ("auto", "ve", "flow")
+"""The integration frames :func:`resolve_frame` accepts (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +70,7 @@ class Table:
 
     @property
     def n(self) -> int:
+        """Number of steps (grid length minus one)."""
         return len(self.t) - 1
 
     def h(self, i: int) -> float:
@@ -46,10 +82,21 @@ class Table:
         return float((self.sigma[i + 1] / self.sigma[i]) * (self.alpha[i] / self.alpha[i + 1]))
 
     def to_zero(self, i: int) -> bool:
+        """True when step ``i`` ends at sigma = 0 (clean data)."""
         return self.sigma[i + 1] == 0.0
 
 
 def table(schedule: NoiseSchedule, grid: Tensor) -> Table:
+    """Tabulate the schedule on the grid in float64 on the host.
+
+    Args:
+        schedule: the noise schedule (``alpha_sigma(t)``).
+        grid: the explicit time grid.
+
+    Returns:
+        A :class:`Table` with ``t``, ``alpha``, ``sigma`` and ``lam`` (log-SNR, ``inf`` where
+        sigma = 0, ``-inf`` where alpha = 0) as Python floats.
+    """
     t = torch.as_tensor(grid, dtype=torch.float64).cpu()
     a, s = schedule.alpha_sigma(t)
     with np.errstate(divide="ignore"):
@@ -58,7 +105,7 @@ def table(schedule: NoiseSchedule, grid: Tensor) -> Table:
 
 
 def alpha_sigma_at(schedule: NoiseSchedule, t: float) -> tuple[float, float]:
-    """``(alpha, sigma)`` at one time, as Python floats (host, for plans)."""
+    """``(alpha, sigma)`` of ``schedule`` at one time ``t``, as Python floats (host, for plans)."""
     a, s = schedule.alpha_sigma(torch.tensor(float(t), dtype=torch.float64))
     return float(a), float(s)
 
@@ -69,10 +116,22 @@ def expm1_neg(h: float) -> float:
 
 
 def multistep_orders(tab: Table, order: int, lower_order_final: bool = True, final_window: int = 15) -> list[int]:
-    """Order of each step of a multistep method: warm up (1, 2, ...), drop to first order for a
-    step to sigma = 0 (lambda = inf), and with ``lower_order_final`` lower the last steps of
-    grids shorter than ``final_window`` (diffusers' convention). A step whose history reaches
-    an infinite log-SNR (alpha = 0) uses only the finite part of it."""
+    """Order of each step of a multistep method.
+
+    Warm up (1, 2, ...), drop to first order for a step to sigma = 0 (lambda = inf), and with
+    ``lower_order_final`` lower the last steps of grids shorter than ``final_window``
+    (diffusers' convention). A step whose history reaches an infinite log-SNR (alpha = 0) uses
+    only the finite part of it.
+
+    Args:
+        tab: the schedule table on the grid (:func:`table`).
+        order: the method's full order.
+        lower_order_final: lower the order of the last steps of short grids.
+        final_window: grids with fewer steps than this get the lowered final steps.
+
+    Returns:
+        One order per step.
+    """
     n = tab.n
     orders = []
     for i in range(n):
@@ -88,7 +147,16 @@ def multistep_orders(tab: Table, order: int, lower_order_final: bool = True, fin
 
 
 def lincomb(x: Tensor, a: float, terms: Sequence[tuple[float, Tensor]]) -> Tensor:
-    """``a * x + sum(c * d)`` skipping zero coefficients (decided on the host)."""
+    """``a * x + sum(c * d)``, skipping zero coefficients (decided on the host, no tensor branch).
+
+    Args:
+        x: the state.
+        a: its coefficient (a Python float; 1.0 skips the multiplication).
+        terms: ``(coefficient, tensor)`` pairs; a tensor may be None when its coefficient is 0.
+
+    Returns:
+        The combination, a new tensor unless ``a == 1`` and every coefficient is 0.
+    """
     out = x if a == 1.0 else x * a
     for c, d in terms:
         if c != 0.0:
@@ -98,6 +166,12 @@ def lincomb(x: Tensor, a: float, terms: Sequence[tuple[float, Tensor]]) -> Tenso
 
 # -- frames -------------------------------------------------------------------------------------
 def resolve_frame(frame: str, schedule: NoiseSchedule, alpha_start: float) -> str:
+    """The frame to integrate in: ``frame`` itself, or for ``auto`` ``flow`` on a rectified-flow
+    schedule or where the grid starts at alpha = 0, ``ve`` elsewhere.
+
+    Raises:
+        ValueError: an unknown frame, or ``ve`` from alpha = 0.
+    """
     if frame not in FRAMES:
         raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
     if frame == "auto":
@@ -108,7 +182,8 @@ def resolve_frame(frame: str, schedule: NoiseSchedule, alpha_start: float) -> st
 
 
 def frame_coords(frame: str, alpha: float, sigma: float) -> tuple[float, float]:
-    """``(c, s)`` with ``y = x / c`` and frame time ``s`` (Python floats)."""
+    """``(c, s)`` with ``y = x / c`` and frame time ``s`` in ``frame`` at ``(alpha, sigma)``
+    (Python floats)."""
     alpha, sigma = float(alpha), float(sigma)
     if frame == "ve":
         return alpha, sigma / alpha
@@ -116,7 +191,7 @@ def frame_coords(frame: str, alpha: float, sigma: float) -> tuple[float, float]:
 
 
 def frame_time(frame: str, schedule: NoiseSchedule, s: float) -> float:
-    """Schedule time at frame time ``s``."""
+    """Schedule time at frame time ``s`` (``t_zero`` at s = 0, ``t_max`` at infinite noise)."""
     sve = s if frame == "ve" else (s / (1.0 - s) if s < 1.0 else math.inf)
     if sve == 0.0:
         return schedule.t_zero
@@ -128,6 +203,8 @@ def frame_time(frame: str, schedule: NoiseSchedule, s: float) -> float:
 # -- explicit Runge-Kutta in a frame ----------------------------------------------------------
 @dataclass(frozen=True)
 class RKStep:
+    """One planned step of :class:`RungeKutta` (internal layout, not covered by the stability promise)."""
+
     churn: tuple[float, float] | None  # (x scale, noise std) of EDM's noise injection
     stages: tuple[tuple[float, float, tuple[float, ...]], ...]  # (t, x coef, coefs of earlier derivatives)
     out: tuple[float, tuple[float, ...]]  # (x coef, coefs of the stage derivatives)
@@ -135,24 +212,85 @@ class RKStep:
 
 @dataclass(frozen=True)
 class RKPlan:
+    """The plan of :class:`RungeKutta`: the frame and one :class:`RKStep` per grid step."""
+
     frame: str
     steps: tuple[RKStep, ...]
 
 
 EULER_TABLEAU = ((), (1.0,), (0.0,))
+"""The forward-Euler tableau ``(A, b, c)``; also the final step to sigma = 0 by default."""
+
+
+class TableauError(ValueError):
+    """A Butcher tableau that is malformed or inconsistent."""
+
+
+def check_tableau(tableau: tuple, where: str = "tableau") -> None:
+    """Check an explicit Butcher tableau ``(A, b, c)``.
+
+    ``A`` holds the strictly lower rows, one tuple per stage after the first (row ``k`` has
+    ``k`` entries), ``b`` the weights (one per stage, summing to 1) and ``c`` the nodes (one per
+    stage, ``c[0] = 0``, each the sum of its row of ``A``).
+
+    Args:
+        tableau: ``(A, b, c)``.
+        where: how to name the tableau in messages.
+
+    Raises:
+        TableauError: saying which condition fails.
+    """
+    try:
+        A, b, c = tableau
+    except (TypeError, ValueError):
+        raise TableauError(f"{where} must be a tuple (A, b, c), got {tableau!r}") from None
+    s = len(b)
+    if s < 1 or len(c) != s or len(A) != s - 1:
+        raise TableauError(f"{where}: with {s} stage(s) b needs {s} weights, c {s} nodes and A {s - 1} rows; "
+                           f"got len(b)={len(b)}, len(c)={len(c)}, len(A)={len(A)}")
+    if c[0] != 0.0:
+        raise TableauError(f"{where}: the first node c[0] must be 0 (an explicit method), got {c[0]}")
+    for k, row in enumerate(A, start=1):
+        if len(row) != k:
+            raise TableauError(f"{where}: row {k - 1} of A (stage {k}) needs {k} entries, got {len(row)}: {row!r}")
+        if abs(sum(row) - c[k]) > 1e-12:
+            raise TableauError(f"{where}: row {k - 1} of A sums to {sum(row)} but its node c[{k}] is {c[k]}; "
+                               "each node must equal its row sum")
+    if abs(sum(b) - 1.0) > 1e-12:
+        raise TableauError(f"{where}: the weights b sum to {sum(b)}, not 1 (the method would not be consistent)")
 
 
 class RungeKutta(Solver):
     """Explicit Runge-Kutta in the ve or flow frame, with EDM's optional churn.
 
-    Subclasses set ``tableau = (A, b, c)``: ``A`` the strictly lower rows (one tuple per stage
-    after the first), ``b`` the weights and ``c`` the nodes.
+    The shortest route to a solver: subclass, set ``name``, ``order`` and
+    ``tableau = (A, b, c)`` (``A`` the strictly lower rows, one tuple per stage after the
+    first; ``b`` the weights; ``c`` the nodes). ``evals_per_step`` defaults to the number of
+    stages. The tableau is checked when the class is defined (:func:`check_tableau`).
+
+    Options (keyword arguments of ``sample``): ``frame`` (``auto``, ``ve``, ``flow``),
+    ``final_step`` (``euler``: a first-order step to sigma = 0, EDM's choice; ``full``),
+    ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise`` (EDM's stochastic churn; ``s_churn = 0``
+    is the deterministic ODE solver).
     """
 
     tableau: tuple = EULER_TABLEAU
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "tableau" not in cls.__dict__:
+            return
+        check_tableau(cls.tableau, f"{cls.__name__}.tableau")
+        stages = len(cls.tableau[1])
+        if "evals_per_step" not in cls.__dict__:
+            cls.evals_per_step = stages
+        elif cls.evals_per_step != stages:
+            raise TableauError(f"{cls.__name__}: evals_per_step = {cls.evals_per_step} but the tableau has {stages} "
+                               "stage(s); drop evals_per_step (it defaults to the number of stages) or fix it")
+
     def plan(self, schedule, grid, *, frame: str = "auto", final_step: str = "euler", s_churn: float = 0.0,
              s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0) -> RKPlan:
+        """Per-step stage times and coefficients in the chosen frame (see the class docstring)."""
         if final_step not in ("euler", "full"):
             raise ValueError("final_step must be 'euler' (first-order step to sigma = 0, EDM's choice) or 'full'")
         if s_churn < 0:
@@ -184,6 +322,8 @@ class RungeKutta(Solver):
         return RKPlan(frame, tuple(steps))
 
     def loop(self, denoiser, x, grid, plan: RKPlan, *, generator: Generators = None, callback: Callback | None = None):
+        """The stages of every step as linear combinations of frame derivatives (``eps`` in ve,
+        ``eps - x0`` in flow)."""
         flow = plan.frame == "flow"
         for i, step in enumerate(plan.steps):
             if step.churn is not None:
@@ -207,4 +347,5 @@ class RungeKutta(Solver):
         return x
 
     def is_stochastic(self, **options) -> bool:
+        """True when churn is on (``s_churn > 0``)."""
         return options.get("s_churn", 0.0) > 0

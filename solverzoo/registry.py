@@ -5,13 +5,20 @@ Loading is lazy (on first lookup), idempotent and deterministic: entry points ar
 recorded with its distribution, version and error, and the rest load; with
 ``SOLVERZOO_STRICT_PLUGINS=1`` that failure is fatal. Two plugins registering one name make
 that name ambiguous: looking it up raises an error naming both distributions.
+
+Hooks are called through pluggy, one plugin at a time (``subset_hook_caller``), so that every
+component keeps the distribution and version of the plugin that registered it. A solver is
+checked when registered (:func:`solverzoo.solver.signature_errors`): a ``plan`` with positional
+options or a ``loop`` whose signature differs from the base class's is a plugin failure.
 """
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import sys
 import traceback
+import types
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -19,6 +26,7 @@ from typing import Any
 import pluggy
 
 from solverzoo import hookspecs
+from solverzoo.solver import signature_errors
 
 ENTRY_POINT_GROUP = "solverzoo"
 KINDS = tuple(hookspecs.HOOKS)
@@ -30,6 +38,10 @@ class PluginError(RuntimeError):
 
 class PluginConflictError(PluginError):
     """Two plugins registered the same name for the same kind."""
+
+
+class SolverSignatureError(PluginError):
+    """A registered solver's ``plan`` or ``loop`` breaks the signature contract."""
 
 
 class UnknownComponentError(KeyError):
@@ -57,26 +69,55 @@ class Failure:
 
 
 def strict_mode() -> bool:
+    """True when ``SOLVERZOO_STRICT_PLUGINS`` is set (1, true, yes, on): plugin failures are fatal."""
     return os.environ.get("SOLVERZOO_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, also accepting unmarked module functions named like a hook (the
+    registry always did; a plugin that forgets ``@solverzoo.hookimpl`` still works)."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str):
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in _HOOK_NAMES and isinstance(inspect.getattr_static(plugin, name, None), _FUNCTIONS):
+            return {}  # pluggy fills in the defaults
+        return opts
+
+
+_HOOK_NAMES = frozenset(hookspecs.HOOKS.values())
+_FUNCTIONS = (types.FunctionType, types.MethodType, staticmethod, classmethod)
+
+
+def _solver_check(obj: Any) -> None:
+    """Raise :class:`SolverSignatureError` when a registered solver breaks the signature contract."""
+    errors = signature_errors(obj)
+    if errors:
+        name = getattr(obj, "name", None) or getattr(obj, "__name__", type(obj).__name__)
+        raise SolverSignatureError(f"solver {name!r} ({type(obj).__module__}.{getattr(type(obj), '__qualname__', '')}) "
+                                   "breaks the solver contract: " + "; ".join(errors))
+
+
 class Registry:
+    """Components by kind and name, filled from the ``solverzoo`` entry-point group and from
+    plugins added in-process; loaded on first lookup."""
+
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
         self._conflicts: dict[tuple[str, str], list[Entry]] = {}
         self.failures: list[Failure] = []
         self._loaded = False
+        self._pm: pluggy.PluginManager | None = None
         self._extra: list[tuple[Any, str, str]] = []  # plugins added in-process (tests, notebooks)
 
     # -- loading ---------------------------------------------------------------------------
     def _entry_points(self) -> list[tuple[str, str, Any]]:
-        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        """``(origin, name, entry point)`` sorted by (distribution, entry-point name), each once."""
         out = []
-        for ep in eps:
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             origin = f"{dist.name} {dist.version}" if dist is not None else "unknown"
             out.append((origin, ep.name, ep))
-        out.sort(key=lambda r: (r[0].split(" ")[0].lower(), r[1]))
+        out.sort(key=lambda r: (r[0].split(" ")[0].lower(), r[1], r[0], r[2].value))
         # one distribution may be visible twice (e.g. an editable install next to a checkout)
         seen, unique = set(), []
         for origin, name, ep in out:
@@ -86,27 +127,52 @@ class Registry:
         return unique
 
     def load(self) -> "Registry":
-        """Discover and register every plugin (once)."""
+        """Discover and register every plugin (once): entry points first, in sorted order, then
+        in-process plugins in the order they were added."""
         if self._loaded:
             return self
         self._loaded = True
-        pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
-        pm.add_hookspecs(hookspecs)
-        plugins: list[tuple[str, str, Any]] = []
+        self._pm = _PluginManager(ENTRY_POINT_GROUP)
+        self._pm.add_hookspecs(hookspecs)
         for origin, name, ep in self._entry_points():
             try:
                 module = ep.load()
-                pm.register(module, name=name)
             except Exception as exc:  # noqa: BLE001 - isolate every plugin
                 self._fail(name, origin, exc)
                 continue
-            plugins.append((origin, name, module))
+            self._load_plugin(module, name, origin)
         for obj, name, origin in self._extra:
-            pm.register(obj, name=name)
-            plugins.append((origin, name, obj))
-        for origin, name, module in plugins:
-            self._register_plugin(module, name, origin)
+            self._load_plugin(obj, name, origin)
         return self
+
+    def _load_plugin(self, obj: Any, plugin: str, origin: str) -> None:
+        """Register one plugin with the plugin manager and call each of its hooks through it."""
+        try:
+            self._pm.register(obj, name=plugin)
+        except Exception as exc:  # noqa: BLE001 - e.g. a hook with parameters the spec lacks
+            self._fail(plugin, origin, exc)
+            return
+        others = [p for p in self._pm.get_plugins() if p is not obj]
+        for kind, hook in hookspecs.HOOKS.items():
+            if not any(impl.plugin is obj for impl in getattr(self._pm.hook, hook).get_hookimpls()):
+                continue
+            call = self._pm.subset_hook_caller(hook, remove_plugins=others)  # this plugin's impl only
+            try:
+                call(register=self._registrar(kind, plugin, origin))
+            except PluginConflictError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self._fail(plugin, origin, exc)
+
+    def _registrar(self, kind: str, plugin: str, origin: str):
+        """The ``register(obj, name=None)`` callback handed to one plugin's hook of one kind."""
+
+        def register(obj: Any, name: str | None = None) -> None:
+            if kind == "solver":
+                _solver_check(obj)
+            self._add(Entry(kind, name or getattr(obj, "name"), obj, origin, plugin))
+
+        return register
 
     def _fail(self, plugin: str, origin: str, exc: BaseException) -> None:
         failure = Failure(plugin, origin, f"{type(exc).__name__}: {exc}", traceback.format_exc())
@@ -116,22 +182,6 @@ class Registry:
                               "(SOLVERZOO_STRICT_PLUGINS is set, so this is fatal)") from exc
         print(f"solverzoo: warning: plugin {plugin!r} from {origin} failed and was skipped: {failure.error}",
               file=sys.stderr)
-
-    def _register_plugin(self, module: Any, plugin: str, origin: str) -> None:
-        for kind, hook in hookspecs.HOOKS.items():
-            fn = getattr(module, hook, None)
-            if fn is None:
-                continue
-
-            def register(obj: Any, name: str | None = None, _kind: str = kind) -> None:
-                self._add(Entry(_kind, name or getattr(obj, "name"), obj, origin, plugin))
-
-            try:
-                fn(register=register)
-            except PluginConflictError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                self._fail(plugin, origin, exc)
 
     def _add(self, entry: Entry) -> None:
         table = self._entries[entry.kind]
@@ -156,12 +206,28 @@ class Registry:
 
     # -- in-process plugins (tests, notebooks) ---------------------------------------------
     def add_plugin(self, obj: Any, name: str, origin: str = "<in-process>") -> None:
-        """Register a plugin object (a module or any object with hook functions) in-process."""
+        """Register a plugin object (a module or any hashable object with hook functions) in-process.
+
+        Args:
+            obj: the plugin: its attributes named like hooks are called (marked with
+                ``@solverzoo.hookimpl`` or not).
+            name: the plugin's name (unique; :meth:`remove_plugin` takes it).
+            origin: what failures and conflicts name as its distribution and version.
+
+        Raises:
+            TypeError: an unhashable object (pluggy keys plugins by identity and hash).
+        """
+        try:
+            hash(obj)
+        except TypeError:
+            raise TypeError(f"plugin {name!r}: a plugin must be hashable (a module, a class or an ordinary "
+                            f"object), got an unhashable {type(obj).__name__}") from None
         self._extra.append((obj, name, origin))
         if self._loaded:
-            self._register_plugin(obj, name, origin)
+            self._load_plugin(obj, name, origin)
 
     def remove_plugin(self, name: str) -> None:
+        """Forget the in-process plugin called ``name`` (the next lookup reloads everything)."""
         self._extra = [e for e in self._extra if e[1] != name]
         self.reset()
 
@@ -171,6 +237,7 @@ class Registry:
         self._conflicts = {}
         self.failures = []
         self._loaded = False
+        self._pm = None
 
     # -- lookup ----------------------------------------------------------------------------
     def get(self, kind: str, name: str) -> Any:

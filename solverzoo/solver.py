@@ -11,6 +11,12 @@ A solver is split in two so that its sampling loop never touches the host:
 
 :meth:`Solver.sample` is ``loop(plan(...))``. Solvers are stateless: multistep history lives
 in local variables of ``loop``. Solvers never build their own grid and never take a step count.
+
+Signatures are part of the contract and are checked when a solver is registered
+(:func:`signature_errors`): ``plan(self, schedule, grid, *, opt=default, ...)`` takes exactly
+two positional parameters and declares every option keyword-only with a default (the options
+are what :meth:`Solver.options` lists and :meth:`Solver.sample` forwards); ``loop`` has
+exactly the base class's signature.
 """
 from __future__ import annotations
 
@@ -47,12 +53,39 @@ class Solver:
 
     # -- the two halves --------------------------------------------------------------------
     def plan(self, schedule: NoiseSchedule, grid: Tensor, **options) -> Any:
-        """Precompute everything the loop needs from the grid (host, float64)."""
+        """Precompute everything the loop needs from the grid (host, float64).
+
+        Subclasses declare their options keyword-only, each with a default:
+        ``def plan(self, schedule, grid, *, eta: float = 0.0)``. No other positional parameter
+        and no ``**kwargs``: registration rejects them (see :func:`signature_errors`).
+
+        Args:
+            schedule: the denoiser's noise schedule.
+            grid: the explicit time grid (1-D, strictly decreasing).
+            **options: stands for the subclass's keyword-only options.
+
+        Returns:
+            Anything the loop needs (typically tuples of Python floats).
+        """
         raise NotImplementedError
 
     def loop(self, denoiser: Denoiser, x: Tensor, grid: Tensor, plan: Any, *,
              generator: Generators = None, callback: Callback | None = None) -> Tensor:
-        """Run the sampling loop from ``x`` at ``grid[0]`` to ``grid[-1]``."""
+        """Run the sampling loop from ``x`` at ``grid[0]`` to ``grid[-1]``.
+
+        Subclasses keep exactly this signature (parameter names, kinds and defaults).
+
+        Args:
+            denoiser: ``(x, t) -> Prediction``.
+            x: the state at ``grid[0]``.
+            grid: the explicit time grid the plan was made for.
+            plan: what :meth:`plan` returned.
+            generator: step-noise generator(s) for stochastic solvers.
+            callback: called after every step with ``{"i", "t", "x", "x0"}``.
+
+        Returns:
+            The state at ``grid[-1]``.
+        """
         raise NotImplementedError
 
     # -- the public entry ------------------------------------------------------------------
@@ -113,3 +146,65 @@ class Solver:
 
     def __repr__(self) -> str:
         return f"<solver {self.name} order={self.order} {'SDE' if self.stochastic else 'ODE'}>"
+
+
+# -- signature checks (run by the registry when a solver is registered) -------------------------
+_PLAN_HINT = "declare it as `def plan(self, schedule, grid, *, my_option=default, ...)`"
+_LOOP_HINT = ("declare it exactly as `def loop(self, denoiser, x, grid, plan, *, generator=None, callback=None)` "
+              "(the signature of solverzoo.Solver.loop)")
+
+
+def _shape(fn: Callable) -> list[tuple[str, Any, Any]]:
+    """``(name, kind, default)`` of each parameter, annotations ignored."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+def _plan_errors(cls: type) -> list[str]:
+    if cls.plan is Solver.plan:
+        return [f"plan is not implemented; {_PLAN_HINT}"]
+    params = list(inspect.signature(cls.plan).parameters.values())[1:]  # drop self
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    errors = []
+    if len(positional) != 2:
+        names = ", ".join(p.name for p in positional) or "none"
+        errors.append(f"plan must take exactly two positional parameters (schedule, grid), got {len(positional)} "
+                      f"({names}); make every option keyword-only: {_PLAN_HINT}")
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            errors.append(f"plan must not take *{p.name}; {_PLAN_HINT}")
+        elif p.kind is p.VAR_KEYWORD:
+            errors.append(f"plan must not take **{p.name} (options are the keyword-only parameters, which "
+                          f"Solver.options() lists and sample() checks); {_PLAN_HINT}")
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            errors.append(f"plan option {p.name!r} has no default; give every option a default value")
+    return errors
+
+
+def _loop_errors(cls: type) -> list[str]:
+    if cls.loop is Solver.loop:
+        return [f"loop is not implemented; {_LOOP_HINT}"]
+    if _shape(cls.loop) != _shape(Solver.loop):
+        return [f"loop{inspect.signature(cls.loop)} differs from the base signature; {_LOOP_HINT}"]
+    return []
+
+
+def signature_errors(solver: Any) -> list[str]:
+    """What is wrong with a solver's signatures (empty when nothing is).
+
+    Checks that ``solver`` is a :class:`Solver` instance, that ``plan`` takes
+    ``(schedule, grid)`` positionally and only keyword-only options with defaults, and that
+    ``loop`` has exactly the base class's signature.
+
+    Args:
+        solver: the object a plugin registers as a solver.
+
+    Returns:
+        One message per problem, each saying how to fix it.
+    """
+    if isinstance(solver, type) and issubclass(solver, Solver):
+        return [f"register an instance, not the class: register({solver.__name__}())"]
+    if not isinstance(solver, Solver):
+        return [f"a solver must be an instance of solverzoo.Solver (or solverzoo.kit.RungeKutta), "
+                f"got {type(solver).__name__}"]
+    cls = type(solver)
+    return _plan_errors(cls) + _loop_errors(cls)

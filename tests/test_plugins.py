@@ -177,3 +177,67 @@ def test_third_party_package_end_to_end(installed_examples):
     assert {"nfe", "median_error", "mode_flip_rate"} <= set(rep["rows"][0])
     strict = _cli("plugins", env={**env, "SOLVERZOO_STRICT_PLUGINS": "1"})
     assert strict.returncode != 0 and "solverzoo-broken-example 6.6.6" in strict.stderr
+
+
+def test_conformance_command_passes_the_installed_example(installed_examples):
+    """`solverzoo conformance` runs the packaged checks on a third-party solver the moment it is installed."""
+    out = _cli("conformance", "ralston", env={"PYTHONPATH": str(installed_examples)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ralston: 9/9 checks passed" in out.stdout
+
+
+def _broken_solvers():
+    from solverzoo.kit import EULER_TABLEAU, RungeKutta, Solver, table
+
+    class FakeSecondOrder(RungeKutta):
+        """Euler claiming second order."""
+
+        name, order = "fake_second_order", 2
+        tableau = EULER_TABLEAU
+
+    class Overshoot(Solver):
+        """DDIM that ignores the grid's last time: its last step always goes to clean data."""
+
+        name = "overshoot"
+
+        def plan(self, schedule, grid):
+            tab = table(schedule, grid)
+            return [(tab.alpha[i + 1], tab.sigma[i + 1]) if i < tab.n - 1 else (1.0, 0.0) for i in range(tab.n)]
+
+        def loop(self, denoiser, x, grid, plan, *, generator=None, callback=None):
+            for i, (a, s) in enumerate(plan):
+                pred = denoiser(x, grid[i])
+                x = pred.lin(a, s)
+                if callback is not None:
+                    callback({"i": i, "t": grid[i + 1], "x": x, "x0": pred.x0})
+            return x
+
+    return FakeSecondOrder(), Overshoot()
+
+
+def test_conformance_command_fails_broken_solvers(capsys):
+    from solverzoo.cli import main
+
+    def register_solvers(register):
+        for solver in _broken_solvers():
+            register(solver)
+
+    sz.registry.add_plugin(_plugin(register_solvers=register_solvers), "broken_solvers", "broken-solvers 0.0")
+    try:
+        assert main(["conformance", "fake_second_order", "overshoot", "euler"]) == 1
+    finally:
+        sz.registry.remove_plugin("broken_solvers")
+    lines = capsys.readouterr().out.splitlines()
+    summaries = [line for line in lines if not line.startswith("  ")]
+    assert summaries[0] == "fake_second_order: 8/9 checks passed" and summaries[2] == "euler: 9/9 checks passed"
+    assert summaries[1].startswith("overshoot: ") and summaries[1] != "overshoot: 9/9 checks passed"
+    failed = [line.split(":")[0].strip() for line in lines if line.startswith("  FAILED")]
+    assert failed[0] == "FAILED empirical_order" and "FAILED reaches_grid_end" in failed[1:]
+    assert "declares order 2 but converges at order 1" in "\n".join(lines)
+
+
+def test_conformance_command_names_unknown_components(capsys):
+    from solverzoo.cli import main
+
+    assert main(["conformance", "eulr"]) == 2
+    assert "no solver or grid is registered as 'eulr'. Did you mean 'euler'" in capsys.readouterr().err
