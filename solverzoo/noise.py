@@ -17,16 +17,22 @@ def generators(seeds: Sequence[int], device: str = "cpu") -> list[torch.Generato
 
 
 def randn(shape: Sequence[int], generator: Generators, *, dtype=torch.float32, device="cpu") -> Tensor:
-    """Standard normal noise of ``shape``; with a list of generators, row i comes from generator i."""
+    """Standard normal noise of ``shape``; with a list of generators, row i comes from generator i.
+
+    Every draw is made in float32 on the generator's device (``device`` without a generator) and
+    only then cast to ``dtype`` and moved to ``device``, so the same seeds give the same noise
+    whatever ``torch.get_default_dtype()`` is and whatever dtype or device the sample uses.
+    """
     shape = tuple(shape)
     if generator is None:
-        return torch.randn(shape, device=device).to(dtype)
+        return torch.randn(shape, device=device, dtype=torch.float32).to(dtype)
     if isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, device=generator.device).to(device=device, dtype=dtype)
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        return noise.to(device=device, dtype=dtype)
     gens = list(generator)
     if len(gens) != shape[0]:
         raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one generator per sample")
-    rows = [torch.randn(shape[1:], generator=g, device=g.device) for g in gens]
+    rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float32) for g in gens]
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 

@@ -2,6 +2,7 @@
 model outputs without a host sync per step."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -33,9 +34,30 @@ class SampleResult:
     cache: dict | None = None  # the cache policy and its options, when one was used
 
 
+def _probe(t: Tensor) -> Tensor:
+    """One reduction whose 0-d result is finite exactly when every element of ``t`` is (NaN and
+    inf propagate through a sum). Half-precision tensors are summed in float32, where a sum of
+    finite elements cannot overflow; a float32 or float64 sum overflows only for elements within
+    a factor ``numel`` of the dtype's largest value. One kernel, no host sync: the per-call
+    cost of the watch."""
+    return t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum()
+
+
 class _Watch:
-    """Wraps a denoiser: counts calls and records the first call whose prediction is not
-    finite, as device tensors (no sync until the end)."""
+    """Wraps a denoiser: counts calls and keeps, per call, a 0-d device tensor that is finite
+    exactly when that call's prediction (``x0`` and ``eps``) is finite. Nothing is read on the
+    host inside the loop; :func:`_raise_if_nonfinite` reads them once, after it.
+
+    A :class:`Prediction` built by a :class:`~solverzoo.model.Model` is an affine map of the
+    network input ``x`` and output ``out`` with Python-float coefficients; with finite
+    coefficients (checked here on the host, for free) and an invertible map, ``x0`` and ``eps``
+    are finite exactly when ``x`` and ``out`` are. So the watch sums ``out`` (one kernel) and,
+    at the first call, the starting state; later states come from finite model outputs through
+    the solver, whose own non-finite results the final check reports. Other predictions (guided,
+    tensor coefficients under ``torch.compile``) are probed through ``x0 + eps``.
+    """
+
+    __slots__ = ("calls", "check", "evals_per_call", "first_bad_host", "inner", "probes", "schedule", "times")
 
     def __init__(self, inner: Denoiser, check: bool = True):
         self.inner = inner
@@ -43,23 +65,53 @@ class _Watch:
         self.schedule = inner.schedule
         self.evals_per_call = getattr(inner, "evals_per_call", 1)
         self.calls = 0
-        self.first_bad_call: Tensor | None = None
-        self.first_bad_t: Tensor | None = None
+        self.probes: list[Tensor] = []  # one 0-d device tensor per call, finite iff that prediction is
+        self.times: list = []  # the time of each call, as the solver passed it
+        self.first_bad_host: int | None = None  # first call whose conversion coefficients are not finite
 
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
         pred = self.inner(x, t)
         self.calls += 1
-        if not self.check:
-            return pred
-        bad = ~(torch.isfinite(pred.x0).all() & torch.isfinite(pred.eps).all())
-        t64 = torch.as_tensor(t, dtype=torch.float64).to(bad.device)
-        if self.first_bad_call is None:
-            self.first_bad_call = torch.full((), -1, dtype=torch.long, device=bad.device)
-            self.first_bad_t = torch.zeros((), dtype=torch.float64, device=bad.device)
-        new = bad & (self.first_bad_call < 0)
-        self.first_bad_call = torch.where(new, torch.full_like(self.first_bad_call, self.calls - 1), self.first_bad_call)
-        self.first_bad_t = torch.where(new, t64, self.first_bad_t)
+        if self.check:
+            self.times.append(t)
+            c = pred._c if type(pred) is Prediction else None
+            if c is not None and pred._x0 is None and pred._eps is None:
+                k = c[0] + c[1] + c[2] + c[3]  # non-finite iff one coefficient is (floats; tensors fall through)
+                if isinstance(k, float):
+                    if self.first_bad_host is None and not math.isfinite(k):
+                        self.first_bad_host = self.calls - 1
+                    out = pred._out
+                    self.probes.append(_probe(out) if self.calls > 1 else _probe(pred._x + out))
+                    return pred
+            self.probes.append(_probe(pred.x0 + pred.eps) if self.calls > 1 else _probe(pred.x0 + pred.eps + x))
         return pred
+
+
+def _raise_if_nonfinite(watch: _Watch, out: Tensor, grid: Tensor, solver_name: str) -> None:
+    """After the loop: one host read of two numbers; the first bad call is located only when
+    something was not finite."""
+    final = _probe(out)
+    if watch.probes:
+        probes = torch.stack(watch.probes)
+        model_sum, final_sum = torch.stack([probes.sum(), final.to(probes.device)]).tolist()
+    else:
+        probes, model_sum, final_sum = None, 0.0, final.item()
+    if not math.isfinite(model_sum) or watch.first_bad_host is not None:
+        bad = [] if probes is None else torch.nonzero(~torch.isfinite(probes)).flatten().tolist()
+        if watch.first_bad_host is not None:
+            bad.append(watch.first_bad_host)
+        if bad:  # (else a sum of finite probes overflowed: nothing was bad)
+            first = min(bad)
+            t_bad = float(torch.as_tensor(watch.times[first], dtype=torch.float64))
+            step = _step_of(grid, t_bad)
+            raise NonFiniteError(
+                f"the model returned NaN/inf at denoiser call {first} (t={t_bad:g}, "
+                f"grid step {step} of {len(grid) - 1}); check the model's inputs at that noise level, its dtype "
+                f"(float16 overflow?) and whether its prediction type suits the schedule (epsilon models "
+                f"cannot predict x0 where alpha = 0)")
+    if not math.isfinite(final_sum) and not bool(torch.isfinite(out).all()):
+        raise NonFiniteError(f"solver {solver_name!r} produced NaN/inf although every model output was finite; "
+                             "check the grid's first and last times and the solver options")
 
 
 def _step_of(grid: Tensor, t: float) -> int:
@@ -73,12 +125,12 @@ def _step_of(grid: Tensor, t: float) -> int:
 
 def make_cache(cache, options: dict | None = None):
     """A cache policy from a registered name (with ``options``) or an instance (``None``: no cache)."""
-    from solverzoo.caching import Cache
-
     if cache is None or cache == "none":
         if options:
             raise ValueError(f"cache options {sorted(options)} given without a cache")
         return None
+    from solverzoo.caching import Cache
+
     if isinstance(cache, Cache):
         if options:
             raise ValueError("pass cache options to the cache's constructor, or give the cache by name")
@@ -132,17 +184,7 @@ def sample(solver: Solver | str, denoiser: Denoiser, x: Tensor, grid: Tensor, *,
     with torch.no_grad():
         out = solver.loop(watch, x, grid, plan, generator=generator, callback=callback)
     if check_finite:
-        if watch.first_bad_call is not None and int(watch.first_bad_call) >= 0:
-            t_bad = float(watch.first_bad_t)
-            step = _step_of(grid, t_bad)
-            raise NonFiniteError(
-                f"the model returned NaN/inf at denoiser call {int(watch.first_bad_call)} (t={t_bad:g}, "
-                f"grid step {step} of {len(grid) - 1}); check the model's inputs at that noise level, its dtype "
-                f"(float16 overflow?) and whether its prediction type suits the schedule (epsilon models "
-                f"cannot predict x0 where alpha = 0)")
-        if not bool(torch.isfinite(out).all()):
-            raise NonFiniteError(f"solver {solver.name!r} produced NaN/inf although every model output was finite; "
-                                 "check the grid's first and last times and the solver options")
+        _raise_if_nonfinite(watch, out, grid, solver.name)
     wall = time.perf_counter() - start
     nfe = watch.calls * watch.evals_per_call
     evals = session.backbone_evals(x.shape[0]) if session is not None else float(nfe)
