@@ -30,7 +30,7 @@ SETTINGS = {"shapes-eps": ("dpmpp_2m", None), "shapes-flow": ("dpmpp_2m", None),
 def prompt_accuracy(bb, captions, **kw) -> tuple[float, torch.Tensor]:
     out = generate(bb, captions, seeds=range(len(captions)), **kw)
     with torch.no_grad():
-        if bb.world == "digits":
+        if bb.world.name == "digits":
             pred = bb.classifier(out.images).argmax(-1)
             want = torch.tensor([bb.conditioner.label(c) for c in captions])
             return float((pred == want).float().mean()), out.images
@@ -57,7 +57,7 @@ def main():
     results = {}
     for name, (solver, _) in SETTINGS.items():
         bb = load_backbone(name)
-        if bb.world == "digits":
+        if bb.world.name == "digits":
             from solverzoo.models.worlds import DigitsWorld
 
             caps = [DigitsWorld.caption(i % 10) for i in range(args.n)]
@@ -84,7 +84,7 @@ def main():
         ev = {**res, "command": f"python scripts/evaluate_backbones.py --n {args.n} --steps {args.steps}",
               "samples": f"reports/backbones/{name}_samples.png (first 64 prompts, CFG 4)"}
         tp = Path("benchmarks/results/dit_throughput.json")
-        if tp.exists() and bb.world == "shapes":  # the benchmark measures the shapes DiT architecture
+        if tp.exists() and bb.world.name == "shapes":  # the benchmark measures the shapes DiT architecture
             t = json.loads(tp.read_text())
             ev["throughput"] = {"command": t["command"], "threads": t["threads"], "gpu": t["gpu"],
                                 "rows": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in t["rows"]]}

@@ -112,7 +112,7 @@ def _write_report(reports, out_dir: str, argv: list[str]) -> None:
 
 
 def cmd_verify(args) -> int:
-    from solverzoo.bench.verify import verify
+    from solverzoo.testing.verify import verify
 
     if args.all == (args.solver is not None):
         raise ValueError("name one SOLVER, or pass --all to verify every registered solver")

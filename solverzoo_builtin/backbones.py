@@ -1,20 +1,26 @@
 """The embedded default backbones: DiTs trained here on the shapes world's VAE latents,
-conditioned on the frozen MiniLM-L6 text encoder (weights shipped in solverzoo/models/weights)."""
+conditioned on the frozen MiniLM-L6 text encoder (weights shipped in solverzoo/models/weights),
+a pixel-space DiT on scikit-learn's digits, and the analytic Gaussian mixture. Each carries its
+:class:`~solverzoo.backbone.World`, so the harness evaluates it with no knowledge of its own."""
 from __future__ import annotations
 
 import hashlib
+from typing import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from solverzoo import Model, hookimpl, registry, schedule_from_spec
+from solverzoo import seeds
 from solverzoo.models import weights
-from solverzoo.backbone import Backbone
+from solverzoo.backbone import Backbone, Features, World
 from solverzoo.models.nets import VAE, AttributeClassifier, DiT
 
 
 def _shapes(name: str, artifact: str, default_grid: str, grid_options: dict, device: str = "cpu") -> Backbone:
     from solverzoo.models.conditioners import minilm
+    from solverzoo.models.worlds.shapes_eval import ShapesEvalWorld
 
     path = weights.resolve(artifact)
     meta = weights.read_meta(path)
@@ -32,7 +38,7 @@ def _shapes(name: str, artifact: str, default_grid: str, grid_options: dict, dev
     card = path.with_suffix(".md")
     wid = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return Backbone(name, model, minilm(device=device), (4, 8, 8), decode, default_grid, grid_options, clf,
-                    world="shapes", card=card.read_text() if card.exists() else "", artifact=artifact, weights_id=wid)
+                    world=ShapesEvalWorld(clf), card=card.read_text() if card.exists() else "", artifact=artifact, weights_id=wid)
 
 
 def shapes_eps(device: str = "cpu") -> Backbone:
@@ -55,12 +61,9 @@ class DigitsConditioner:
 
     @staticmethod
     def label(prompt) -> int:
-        if isinstance(prompt, (int, np.integer)):
-            return int(prompt)
-        digits = [int(ch) for ch in str(prompt) if ch.isdigit()]
-        if len(digits) != 1:
-            raise ValueError(f"digits prompt {prompt!r} must name one digit 0-9, like 'a handwritten 7'")
-        return digits[0]
+        from solverzoo.models.worlds import digit_label
+
+        return digit_label(prompt)
 
     def encode(self, prompts):
         return self._labels.encode([self.label(p) for p in prompts])
@@ -72,6 +75,7 @@ class DigitsConditioner:
 def digits(device: str = "cpu") -> Backbone:
     """Pixel-space class-conditional DiT (epsilon, cosine DDPM) on scikit-learn's handwritten digits."""
     from solverzoo.models.nets import DigitClassifier
+    from solverzoo.models.worlds.digits_eval import DigitsEvalWorld
 
     path = weights.resolve("digits-dit")
     cfg = weights.read_meta(path)["config"]
@@ -81,8 +85,62 @@ def digits(device: str = "cpu") -> Backbone:
     model = Model(net, cfg["prediction"], sched, time_input=cfg["time_input"])
     card = path.with_suffix(".md")
     return Backbone("digits", model, DigitsConditioner(), (1, 16, 16), lambda z: z.float().clamp(-1, 1), "leading", {},
-                    clf, world="digits", card=card.read_text() if card.exists() else "", artifact="digits-dit",
+                    clf, world=DigitsEvalWorld(clf), card=card.read_text() if card.exists() else "", artifact="digits-dit",
                     weights_id=hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+
+
+class MixtureWorld(World):
+    """A class-conditional Gaussian mixture as a world: class labels as prompts, exact samples
+    as reference data, the coordinates themselves as features, the most probable component's
+    class as the prompt check, and exact metrics against the mixture.
+
+    Args:
+        mixture: the :class:`~solverzoo.testbeds.GaussianMixture`.
+    """
+
+    name = "gmm"
+    exact = True
+    not_applicable = {"clip_score": "clip_score does not apply to the Gaussian-mixture backbone"}
+
+    def __init__(self, mixture):
+        self.mixture = mixture
+
+    def _sample(self, labels: Sequence[int], g: torch.Generator) -> Tensor:
+        return torch.cat([self.mixture.sample(1, g, label=torch.tensor([lab])) for lab in labels])
+
+    def prompts(self, seed: int, n: int) -> list[int]:
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randint(0, self.mixture.num_classes, (int(n),), generator=g).tolist()
+
+    def reference(self, seed: int, n: int) -> Tensor:
+        g = torch.Generator().manual_seed(int(seed))
+        labels = torch.randint(0, self.mixture.num_classes, (int(n),), generator=g)
+        return self._sample(labels.tolist(), g).float()
+
+    def samples_for(self, prompts: Sequence, seed: int) -> Tensor:
+        return self._sample(prompts, torch.Generator().manual_seed(seeds.exact_sample_seed(seed))).float()
+
+    def features(self) -> Features:
+        return Features("identity(gmm coordinates)", "none", self.mixture.dim, lambda x: x.reshape(len(x), -1), images=False)
+
+    def score(self, images: Tensor, latents: Tensor, prompts: Sequence) -> np.ndarray:
+        comp = self.mixture.component(latents)
+        return (self.mixture.labels[comp] == torch.as_tensor(prompts)).numpy().astype(np.float64)
+
+    def example_prompt(self) -> int:
+        return 0
+
+    def calibration_prompts(self, n: int) -> list[int]:
+        # a numpy draw (not prompts(seed, n)): the one the shipped grids were calibrated with
+        return np.random.default_rng(seeds.CALIBRATION_SEED).integers(0, self.mixture.num_classes, n).tolist()
+
+    def exact_samples(self, prompts: Sequence) -> Tensor:
+        return torch.cat([self.mixture.sample(1, torch.Generator().manual_seed(seeds.exact_sample_seed(i)),
+                                              label=torch.tensor([p])) for i, p in enumerate(prompts)])
+
+    def exact_metrics(self, latents: Tensor, reference: Tensor) -> dict[str, float]:
+        flips = self.mixture.component(latents) != self.mixture.component(reference)
+        return {"mode_flip_rate": float(flips.double().mean())}
 
 
 def gmm(device: str = "cpu") -> Backbone:
@@ -91,8 +149,8 @@ def gmm(device: str = "cpu") -> Backbone:
 
     mix = GaussianMixture.default(dim=4, seed=0)
     model = mix.model(registry.get("schedule", "vp")(), "epsilon")
-    return Backbone("gmm", model, mix.conditioner(), (4,), lambda z: z, "logsnr", {}, None, world="gmm",
-                    weights_id="analytic-seed0", gmm=mix)
+    return Backbone("gmm", model, mix.conditioner(), (4,), lambda z: z, "logsnr", {}, None, world=MixtureWorld(mix),
+                    weights_id="analytic-seed0")
 
 
 @hookimpl

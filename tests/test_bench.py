@@ -213,3 +213,26 @@ def test_reused_torchmetrics_objects_give_the_fresh_objects_numbers():
         b = fid_kid(f, ref, bootstrap=50, ci=0.95, kid_subset=100)
         assert a == b
     assert reused[0]["fid"] < reused[2]["fid"]
+
+
+def test_seed_policy_is_pinned():
+    # every recorded number depends on these: changing one silently changes all records
+    from solverzoo import seeds
+
+    assert seeds.sample_seeds(2, [0, 5]) == [2_000_006, 2_000_011]
+    assert seeds.step_noise_seed(3) == 10_000_022
+    assert seeds.prompt_seed(909) == seeds.floor_seed(909) == 910
+    assert seeds.exact_sample_seed(4) == 11 and seeds.calibration_seeds(2) == [2_000_000_011, 2_000_000_012]
+
+
+def test_a_backbone_without_a_world_is_refused_with_a_fix(gmm, tmp_path):
+    from solverzoo.backbone import Backbone, World
+    from solverzoo.bench.reference_set import load_reference
+
+    bb = Backbone("bare", gmm.model(__import__("solverzoo").get_schedule("vp")), gmm.conditioner(), (4,), lambda z: z)
+    mcfg = {"reference": {"kind": "world", "seed": 0, "n": 4, "path": None}}
+    with pytest.raises(ValueError, match="carries no World.*world=MyWorld"):
+        load_reference(bb, mcfg, None, tmp_path)
+    bb.world = World()
+    with pytest.raises(NotImplementedError, match="must implement prompts"):
+        load_reference(bb, mcfg, None, tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import solverzoo as sz
-from solverzoo.bench.verify import verify
+from solverzoo.testing.verify import verify
 from solverzoo.testing import conformance as cf
 
 from .conftest import all_solvers, ode_solvers

@@ -5,7 +5,7 @@ import pytest
 
 import solverzoo as sz
 import solverzoo.kit as kit
-from solverzoo.bench.verify import verify
+from solverzoo.testing.verify import verify
 from solverzoo.kit import RungeKutta, TableauError
 
 

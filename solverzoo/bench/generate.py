@@ -8,11 +8,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from solverzoo import seeds as seed_policy
 from solverzoo.backbone import Backbone
 from solverzoo.guidance import GuidedDenoiser
-from solverzoo.noise import generators, randn
+from solverzoo.noise import generators
 from solverzoo.registry import registry
-from solverzoo.sampling import sample
+from solverzoo.sampling import initial_noise, sample
 
 
 class UnmetNeedsError(ValueError):
@@ -51,8 +52,9 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
              negative_prompts: Sequence | None = None, seeds: Sequence[int] | None = None, device: str = "cpu",
              solver_options: dict | None = None, batch_size: int = 64, progress: bool = False,
              reference: bool = False, cache: str | None = None, cache_options: dict | None = None) -> Generated:
-    """Sample one image per prompt with per-sample seeds (``seeds[i]`` for image i); ``cache``
-    names a registered cache (a fresh session per batch)."""
+    """Sample one image per prompt with per-sample seeds (``seeds[i]`` for image i: its starting
+    noise, and :func:`solverzoo.seeds.step_noise_seed` of it for a stochastic solver's steps);
+    ``cache`` names a registered cache (a fresh session per batch)."""
     t0 = time.perf_counter()
     solver_obj = registry.get("solver", solver)
     grid_name = grid or bb.default_grid
@@ -79,9 +81,8 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
             den = bb.model.denoiser(conds["cond"])
         else:
             den = GuidedDenoiser(bb.model, registry.get("guidance", guidance)(scale=scale), conds)
-        x = randn((len(p),) + tuple(bb.latent_shape), generators(s), device=device)
-        x = x * float(torch.sqrt(bb.model.schedule.alpha(times[:1]) ** 2 + bb.model.schedule.sigma(times[:1]) ** 2))
-        step_gens = generators([10_000_019 + k for k in s])
+        x = initial_noise(bb.model.schedule, times[0], (len(p),) + tuple(bb.latent_shape), generators(s), device=device)
+        step_gens = generators([seed_policy.step_noise_seed(k) for k in s])
         with torch.no_grad():
             res = sample(solver_obj, den, x, times, generator=step_gens, cache=cache, cache_options=cache_options,
                          **(solver_options or {}))

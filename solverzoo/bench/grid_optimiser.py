@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from solverzoo.saved_grids import save, schedule_signature
+from solverzoo.seeds import CALIBRATION_SEED, calibration_seeds
 from solverzoo.timegrid import GridError, validate_grid
-
-CALIBRATION_SEED = 2_000_000_011  # noise seeds of the calibration set start here (the harness uses 0..)
 BUILTIN_CANDIDATES = ("karras", "logsnr", "flow_shift", "linspace", "trailing", "leading")
 
 
@@ -54,7 +53,6 @@ class Calibration:
             raise ValueError(f"space must be 'latent' (the solver's state) or 'decoded' (the backbone's images), got {space!r}")
         self.space = space
         from solverzoo.guidance import GuidedDenoiser
-        from solverzoo.noise import generators, randn
         from solverzoo.registry import registry
         from solverzoo.sampling import sample
 
@@ -62,17 +60,18 @@ class Calibration:
         if self.solver.is_stochastic() or self.solver.adaptive:
             raise ValueError(f"grid optimisation needs a deterministic fixed-step solver; {solver!r} is "
                              f"{'stochastic' if self.solver.is_stochastic() else 'adaptive'}")
-        self.schedule = bb.model.schedule
-        prompts = _calibration_prompts(bb, n)
-        self.batches = []
+        self.schedule, self.device = bb.model.schedule, device
+        self.exact = bb.require_world().exact  # an exact model: DOP853 solves are ground truth
+        prompts = bb.world.calibration_prompts(n)
+        noise_seeds = calibration_seeds(n)
+        self.batches = []  # (denoiser, noise seeds) per batch; the noise is drawn where a grid starts
         for i in range(0, n, batch):
             p = prompts[i:i + batch]
             conds = {k: {kk: vv.to(device) for kk, vv in c.items()} for k, c in bb.conds(p).items()}
             den = bb.model.denoiser(conds["cond"]) if guidance in (None, "none") else \
                 GuidedDenoiser(bb.model, registry.get("guidance", guidance)(scale=scale), conds)
-            x = randn((len(p),) + tuple(bb.latent_shape), generators([CALIBRATION_SEED + i + j for j in range(len(p))]), device=device)
-            self.batches.append((den, x))
-        self.reference_kind = "dop853 (rtol 1e-10)" if bb.world == "gmm" else f"heun, {reference_steps} steps on the base grid"
+            self.batches.append((den, noise_seeds[i:i + len(p)]))
+        self.reference_kind = "dop853 (rtol 1e-10)" if self.exact else f"heun, {reference_steps} steps on the base grid"
         self.reference_steps = reference_steps
         self.evals = 0
         self._memo: dict[tuple[float, float], list] = {}
@@ -87,10 +86,10 @@ class Calibration:
             self.refs = self._memo[key]
             return
         self.refs = self._memo[key] = []
-        for den, x in self.batches:
-            x0 = self._start(x, t_start)
+        for den, noise_seeds in self.batches:
+            x0 = self._start(noise_seeds, t_start)
             with torch.no_grad():
-                if self.bb.world == "gmm":
+                if self.exact:
                     ref = self.sample("dop853", den, x0.double(), torch.tensor([t_start, t_end], dtype=torch.float64)).x
                 else:  # the base family's spacing, stretched onto [t_start, t_end]
                     fine = registry.get("grid", base_grid)(self.schedule, self.reference_steps, **base_opts)
@@ -105,38 +104,28 @@ class Calibration:
                 return self.bb.decode(z)
         return z
 
-    def _start(self, x, t_start):
-        a, s = self.schedule.alpha_sigma(torch.tensor(t_start, dtype=torch.float64))
-        return x * float(torch.sqrt(a * a + s * s))
+    def _start(self, noise_seeds: list[int], t_start: float) -> torch.Tensor:
+        """The calibration samples' starting noise at ``t_start`` (the same draw for every grid)."""
+        from solverzoo.noise import generators
+        from solverzoo.sampling import initial_noise
+
+        shape = (len(noise_seeds),) + tuple(self.bb.latent_shape)
+        return initial_noise(self.schedule, t_start, shape, generators(noise_seeds), device=self.device)
 
     def errors(self, times: np.ndarray) -> np.ndarray:
         """Per-sample RMS endpoint error of the solver on ``times`` (inf for an invalid grid)."""
         grid = torch.from_numpy(np.asarray(times, dtype=np.float64))
         if not (np.all(np.diff(times) < 0) and np.all(np.isfinite(times))):
-            return np.full(sum(len(x) for _, x in self.batches), np.inf)
+            return np.full(sum(len(s) for _, s in self.batches), np.inf)
         out = []
-        for (den, x), ref in zip(self.batches, self.refs):
+        for (den, noise_seeds), ref in zip(self.batches, self.refs):
             with torch.no_grad():
-                y = self.sample(self.solver, den, self._start(x, float(times[0])), grid, check_finite=False).x
+                y = self.sample(self.solver, den, self._start(noise_seeds, float(times[0])), grid, check_finite=False).x
             self.evals += 1
             e = ((self._view(y).double() - ref) ** 2).flatten(1).mean(1).sqrt()
             out.append(e.cpu().numpy())
         e = np.concatenate(out)
         return np.where(np.isfinite(e), e, np.inf)
-
-
-def _calibration_prompts(bb, n: int) -> list:
-    """Prompts of the calibration set: a draw of the backbone's world that the harness never uses."""
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    if bb.world == "gmm":
-        return rng.integers(0, bb.gmm.num_classes, n).tolist()
-    if bb.world == "digits":
-        return [f"a handwritten {d}" for d in rng.integers(0, 10, n)]
-    if bb.world == "shapes":
-        from solverzoo.models.worlds import ShapesWorld
-
-        return ShapesWorld(CALIBRATION_SEED % 100_000).batch(0, n)[1]
-    raise ValueError(f"no calibration prompts for the {bb.world!r} world")
 
 
 def optimise_grid(backbone: str, solver: str, steps: Sequence[int], *, guidance: str | None = None, scale: float = 1.0,

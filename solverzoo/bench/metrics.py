@@ -1,5 +1,5 @@
 """Pinned metrics: FID / KID through torchmetrics with a named feature extractor, prompt
-accuracy by the world's attribute classifier, CLIP score through torchmetrics, bootstrap
+accuracy by the world's scorer, CLIP score through torchmetrics, bootstrap
 confidence intervals, and the settings that pin every number."""
 from __future__ import annotations
 
@@ -43,23 +43,22 @@ class Extractor:
 
 
 def _sha(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    from solverzoo.backbone import state_dict_sha
+
+    return state_dict_sha(module)
 
 
 def make_extractor(kind: str, backbone, cfg: dict) -> Extractor:
+    """The feature extractor ``metrics.feature`` names: ``domain`` (the backbone's world's own,
+    :meth:`solverzoo.backbone.World.features`), ``inception`` or ``clip``."""
     if kind == "domain":
-        if backbone.world == "gmm":
-            return Extractor("identity(gmm coordinates)", "none", int(backbone.latent_shape[0]), lambda x: x.reshape(len(x), -1))
-        clf = backbone.classifier
-        if clf is None:
+        spec = backbone.world.features() if backbone.world is not None else None
+        if spec is None:
             raise MetricUnavailable(f"backbone {backbone.name!r} has no domain classifier; use metrics.feature=inception or clip")
-        kind_name = "digit-classifier" if backbone.world == "digits" else "attribute-classifier"
-        return Extractor(f"{backbone.world}-{kind_name}", _sha(clf), clf.config["feat"], clf.features,
-                         cfg.get("resize"), cfg.get("antialias", True))
+        if not spec.images:  # coordinates, not images: never resized
+            return Extractor(spec.name, spec.weights_hash, int(spec.num_features), spec.fn)
+        return Extractor(spec.name, spec.weights_hash, int(spec.num_features), spec.fn, cfg.get("resize"),
+                         cfg.get("antialias", True))
     if kind == "inception":
         path = cfg.get("inception_weights")
         if not path or not Path(path).is_file():

@@ -127,3 +127,10 @@ def build_table(results_dir: str | Path):
     df.to_parquet(out / "results.parquet", index=False)
     df.to_csv(out / "results.csv", index=False)
     return df
+
+
+def arrays_to_numpy(arrays: dict) -> dict:
+    """Per-sample arrays as read back by :func:`read_arrays` -> numpy (float64) and floats."""
+    import torch
+
+    return {k: (v.double().numpy() if v.ndim else float(v)) if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}

@@ -312,10 +312,10 @@ def _paired(results_dir: Path, a, b) -> str:
     if ref is None or fa is None or fb is None or "features" not in fa or "features" not in fb:
         return "n/a"
     r = Reference({}, ref["mu"].double().numpy(), ref["sigma"].double().numpy(), int(ref["n"]))
-    from solverzoo.bench.run import _numpy
+    from solverzoo.bench.records import arrays_to_numpy
 
     try:
-        d = paired_delta(_numpy(fa), _numpy(fb), r, 200, 0.95, seed=int(a.seed_set))
+        d = paired_delta(arrays_to_numpy(fa), arrays_to_numpy(fb), r, 200, 0.95, seed=int(a.seed_set))
     except ValueError:
         return "n/a"
     return f"{d['delta_fid']:+.3f} [{d['delta_fid_ci_low']:+.3f}, {d['delta_fid_ci_high']:+.3f}]"

@@ -191,7 +191,7 @@ def check_reaches_grid_end(name: str, n: int = 1024) -> None:
 def check_empirical_order(name: str, tolerance: float = 0.5) -> None:
     """Order of convergence against a DOP853 solve of the exact PF-ODE equals the declared one
     (to ``tolerance``) and the error falls 8x over the NFE ladder."""
-    from solverzoo.bench.verify import verify  # scipy reference solve, imported only here
+    from solverzoo.testing.verify import verify
 
     rep = verify(name, n=64)
     if rep.empirical_order is None:
@@ -231,7 +231,7 @@ def check_prediction_invariance(name: str, schedule: str | None = None, grid_nam
 def check_sde_distribution(name: str, n: int = 2000) -> None:
     """With many steps the end points match exact samples in sliced Wasserstein distance to
     within the two-sample noise floor."""
-    from solverzoo.bench.verify import sliced_wasserstein
+    from solverzoo.testing.verify import sliced_wasserstein
 
     gmm = GaussianMixture.default(dim=2, seed=3)
     sched = registry.get("schedule", "vp")()

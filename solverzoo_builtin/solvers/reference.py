@@ -11,7 +11,7 @@ class DOP853(Solver):
     """DOP853 — Dormand-Prince 8(5,3) adaptive Runge-Kutta (scipy) on the flow-frame ODE in
     float64: the reference for accuracy checks. Only the grid's first and last times matter;
     the number of model evaluations it took is reported through the callback as ``nfe``.
-    The one DOP853 implementation: ``solverzoo verify`` (:func:`solverzoo.bench.verify.reference_solve`)
+    The one DOP853 implementation: ``solverzoo verify`` (:func:`solverzoo.testing.verify.reference_solve`)
     calls it too."""
 
     name = "dop853"

@@ -5,6 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def digit_label(prompt) -> int:
+    """The class a digits prompt names: ``"a handwritten 7"`` (or the integer 7) -> 7."""
+    if isinstance(prompt, (int, np.integer)):
+        return int(prompt)
+    digits = [int(ch) for ch in str(prompt) if ch.isdigit()]
+    if len(digits) != 1:
+        raise ValueError(f"digits prompt {prompt!r} must name one digit 0-9, like 'a handwritten 7'")
+    return digits[0]
+
+
 class DigitsWorld:
     """The real data set nobody here wrote. Images are (1, 16, 16) float32 in [-1, 1]."""
 
