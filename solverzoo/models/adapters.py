@@ -8,6 +8,8 @@ network allows); tests build tiny random models from config dicts.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -107,12 +109,24 @@ class DiffusersVAE:
 
 def load_pretrained(kind: str, path: str, subfolder: str | None = None, **kwargs):
     """``from_pretrained`` of a diffusers class by name, from a local folder or hub id, with a
-    clear error when it cannot be had offline."""
+    clear error when it cannot be had offline. Never runs code from the model: a local folder with
+    custom code or pickle-only weights is refused before loading, weights load from safetensors
+    only and ``trust_remote_code`` is off."""
     import diffusers
+
+    from solverzoo.models.safe_load import HF_SAFE_KWARGS, UnsafeFileError, check_model_folder
 
     cls = getattr(diffusers, kind, None)
     if cls is None:
         raise ValueError(f"diffusers has no class {kind!r}")
+    unsafe = {k: v for k, v in kwargs.items()
+              if (k in ("custom_pipeline", "trust_remote_code") and v) or (k == "use_safetensors" and v is False)}
+    if unsafe:
+        raise UnsafeFileError(f"load_pretrained refuses {unsafe} (it would load code or pickled weights); "
+                              "use a standard diffusers model with safetensors weights")
+    if os.path.isdir(path):
+        check_model_folder(path, what=f"diffusers {kind} folder")
+    kwargs.update(use_safetensors=True, **HF_SAFE_KWARGS)
     try:
         return cls.from_pretrained(path, subfolder=subfolder, **kwargs)
     except OSError as exc:

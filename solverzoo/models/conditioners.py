@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from solverzoo.models.safe_load import HF_SAFE_KWARGS, check_model_folder
 from solverzoo.testbeds import LabelConditioner
 
 __all__ = ["LabelConditioner", "TextConditioner", "minilm"]
@@ -25,7 +26,9 @@ class TextConditioner:
     """A frozen Hugging Face text encoder.
 
     Args:
-        path: local folder or hub id (hub ids need network access the first time).
+        path: local folder or hub id (hub ids need network access the first time). A folder
+            with custom code (``*.py``, ``auto_map``) or pickle-only weights is refused; weights
+            load from safetensors only and ``trust_remote_code`` is always off.
         max_length: prompts are padded / truncated to this many tokens (truncation keeps the
             end token and warns).
         device: where the encoder runs.
@@ -38,8 +41,11 @@ class TextConditioner:
         if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise FileNotFoundError(f"text encoder {path!r} is not a local folder and HF_HUB_OFFLINE=1; "
                                     "download it once (huggingface-cli download) and pass the folder")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        model = AutoModel.from_pretrained(path, local_files_only=local)
+        if local:  # refused before anything is loaded if it carries custom code or pickle-only weights
+            check_model_folder(path, what="text encoder folder")
+        # never code from the folder / repo, never pickled weights (hub ids are held to the same)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local, **HF_SAFE_KWARGS)
+        model = AutoModel.from_pretrained(path, local_files_only=local, use_safetensors=True, **HF_SAFE_KWARGS)
         if hasattr(model, "text_model"):  # CLIP: the text tower
             model = model.text_model
         elif getattr(model.config, "is_encoder_decoder", False):  # T5 and other encoder-decoders: the encoder

@@ -1,7 +1,9 @@
 """A small CLIP (Radford et al. 2021) for the shapes world: a CNN image tower and a
 character-level transformer text tower trained contrastively (InfoNCE with a learned
 temperature) on image-caption pairs. It plugs into torchmetrics' ``CLIPScore`` through
-:func:`torchmetrics_pair` (model + processor with the Hugging Face CLIP call signatures)."""
+:func:`torchmetrics_pair` (model + processor with the Hugging Face CLIP call signatures).
+:func:`hf_clip_pair` does the same for a standard Hugging Face CLIP folder, loaded without
+running code from it (:mod:`solverzoo.models.safe_load`)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -87,3 +89,66 @@ class _Wrap(nn.Module):
 
     def get_text_features(self, input_ids, attention_mask):
         return self.m.get_text_features(input_ids, attention_mask)
+
+
+def _features(out) -> Tensor:
+    """transformers >= 5 returns a model output from ``get_*_features``: its (projected) pooler output."""
+    return out if isinstance(out, Tensor) else out.pooler_output
+
+
+class HFCLIPForTorchmetrics(nn.Module):
+    """A Hugging Face ``CLIPModel`` with ``get_image_features`` / ``get_text_features`` returning
+    tensors (what torchmetrics' ``CLIPScore`` expects) whatever the transformers version."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.config = model.config  # torchmetrics truncates captions to text_config.max_position_embeddings
+
+    def get_image_features(self, pixel_values):
+        return _features(self.model.get_image_features(pixel_values=pixel_values))
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        return _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+
+def load_hf_clip(path: str):
+    """``(CLIPModel, CLIPProcessor)`` of a standard Hugging Face CLIP, from a local folder or a hub
+    id, without running code from it: a folder with custom code (``*.py``, ``auto_map``; e.g. the
+    jina-clip family) or pickle-only weights is refused before loading, weights come from
+    safetensors only and ``trust_remote_code`` is off."""
+    import json
+    import os
+    from pathlib import Path
+
+    from transformers import CLIPModel, CLIPProcessor
+
+    from solverzoo.models.safe_load import HF_SAFE_KWARGS, UnsafeFileError, check_model_folder
+
+    local = os.path.isdir(path)
+    if local:
+        check_model_folder(path, what="CLIP model folder")
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"CLIP model folder {path!r} has no config.json; pass a folder written by "
+                                    "CLIPModel.save_pretrained + CLIPProcessor.save_pretrained")
+        try:
+            model_type = json.loads(Path(cfg_path).read_text()).get("model_type")
+        except ValueError as exc:
+            raise ValueError(f"CLIP model folder {path!r}: config.json is not valid JSON ({exc})") from exc
+        if model_type != "clip":
+            raise UnsafeFileError(f"CLIP model folder {path!r} holds model_type {model_type!r}, not a standard CLIP "
+                                  "('clip'): refused; provide a Hugging Face CLIPModel folder (config.json + *.safetensors)")
+    elif os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"CLIP model {path!r} is not a local folder and HF_HUB_OFFLINE=1; download it once "
+                                "(huggingface-cli download) and pass the folder")
+    model = CLIPModel.from_pretrained(path, local_files_only=local, use_safetensors=True, **HF_SAFE_KWARGS).eval()
+    processor = CLIPProcessor.from_pretrained(path, local_files_only=local, **HF_SAFE_KWARGS)
+    return model, processor
+
+
+def hf_clip_pair(path: str):
+    """``(model, processor)`` of :func:`load_hf_clip` for ``CLIPScore(model_name_or_path=lambda: pair)``:
+    the path never reaches torchmetrics' own loader (which runs remote code for some names)."""
+    model, processor = load_hf_clip(path)
+    return HFCLIPForTorchmetrics(model), processor

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
+from solverzoo.models.safe_load import PICKLE_SUFFIXES, UnsafeFileError, load_state_dict_safely
+
 WEIGHTS_DIR = Path(__file__).resolve().parent
 
 
@@ -37,7 +39,7 @@ def read_meta(path: str | Path) -> dict:
 
 def resolve(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
-    if p.suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl"):
+    if p.suffix.lower() in PICKLE_SUFFIXES:  # refused before the file is opened: only safetensors carry the metadata
         raise WeightsError(f"{p}: refusing to load a pickle-based checkpoint (it can run code); "
                            "convert it to safetensors (safetensors.torch.save_file) and pass that file")
     if p.suffix == ".safetensors":
@@ -53,9 +55,10 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def load_into(module: nn.Module, name_or_path: str | Path) -> nn.Module:
-    from safetensors.torch import load_file
-
-    state = load_file(str(resolve(name_or_path)))
+    try:
+        state = load_state_dict_safely(resolve(name_or_path), what="weights")  # always .safetensors here
+    except UnsafeFileError as exc:
+        raise WeightsError(str(exc)) from exc
     ref = module.state_dict()
     state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
     module.load_state_dict(state)
