@@ -97,8 +97,8 @@ def table(schedule: NoiseSchedule, grid: Tensor) -> Table:
         A :class:`Table` with ``t``, ``alpha``, ``sigma`` and ``lam`` (log-SNR, ``inf`` where
         sigma = 0, ``-inf`` where alpha = 0) as Python floats.
     """
-    t = torch.as_tensor(grid, dtype=torch.float64).cpu()
-    a, s = schedule.alpha_sigma(t)
+    t = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    a, s = schedule._alpha_sigma_host(t)  # alpha_sigma on the grid tensor, cheaper where a schedule can
     with np.errstate(divide="ignore"):
         lam = np.log(a.numpy()) - np.log(s.numpy())
     return Table(t.tolist(), a.tolist(), s.tolist(), lam.tolist())
@@ -200,6 +200,24 @@ def frame_time(frame: str, schedule: NoiseSchedule, s: float) -> float:
     return float(schedule.t_of_sigma_ve(torch.tensor(sve, dtype=torch.float64)))
 
 
+def _frame_times(frame: str, schedule: NoiseSchedule, ss: list[float]) -> list[float]:
+    """:func:`frame_time` at each frame time of ``ss``, bit for bit, with one batched inverse."""
+    out, todo, where = [], [], []
+    for s in ss:
+        sve = s if frame == "ve" else (s / (1.0 - s) if s < 1.0 else math.inf)
+        if sve == 0.0:
+            out.append(schedule.t_zero)
+        elif math.isinf(sve):
+            out.append(schedule.t_max)
+        else:
+            where.append(len(out))
+            out.append(None)
+            todo.append(sve)
+    for k, t in zip(where, schedule._t_of_sigma_ve_points(todo)):
+        out[k] = t
+    return out
+
+
 # -- explicit Runge-Kutta in a frame ----------------------------------------------------------
 @dataclass(frozen=True)
 class RKStep:
@@ -208,6 +226,9 @@ class RKStep:
     churn: tuple[float, float] | None  # (x scale, noise std) of EDM's noise injection
     stages: tuple[tuple[float, float, tuple[float, ...]], ...]  # (t, x coef, coefs of earlier derivatives)
     out: tuple[float, tuple[float, ...]]  # (x coef, coefs of the stage derivatives)
+
+    def __init__(self, churn, stages, out):  # the frozen dataclass's __init__ without its per-field setattr cost
+        self.__dict__.update(churn=churn, stages=stages, out=out)
 
 
 @dataclass(frozen=True)
@@ -297,28 +318,53 @@ class RungeKutta(Solver):
             raise ValueError(f"s_churn must be >= 0, got {s_churn}")
         tab = table(schedule, grid)
         frame = resolve_frame(frame, schedule, float(tab.alpha[0]))
+        n, ve = tab.n, frame == "ve"
+        T, alpha, sigma = tab.t, tab.alpha, tab.sigma
+        t_hat, a0s, s0s, churns = T[:n], alpha[:n], sigma[:n], [None] * n
+        if s_churn > 0:  # EDM Algorithm 2: raise the noise level, exactly along the forward process
+            g_max = min(s_churn / n, math.sqrt(2.0) - 1.0)
+            up = []
+            for i in range(n):
+                a0, s0 = alpha[i], sigma[i]
+                sve = s0 / a0 if a0 > 0 else math.inf
+                if s_tmin <= sve <= s_tmax and a0 > 0 and g_max > 0:
+                    up.append((i, sve * (1.0 + g_max)))
+            if up:
+                t_hat, a0s, s0s = list(t_hat), list(a0s), list(s0s)
+                ths = [min(th, schedule.t_max) for th in _frame_times("ve", schedule, [v for _, v in up])]
+                ahs, shs = schedule._alpha_sigma_points(ths)
+                for (i, _), th, ah, sh in zip(up, ths, ahs, shs):
+                    ratio = ah / alpha[i]
+                    churns[i] = (ratio, s_noise * math.sqrt(max(sh * sh - (ratio * sigma[i]) ** 2, 0.0)))
+                    t_hat[i], a0s[i], s0s[i] = th, ah, sh
+        # frame coordinates (c, u) at every grid point and at the step starts (after churn)
+        if ve:
+            cs, us = alpha, [s / a for a, s in zip(alpha, sigma)]
+            c0s, u0s = a0s, [s / a for a, s in zip(a0s, s0s)]
+        else:
+            cs = [a + s for a, s in zip(alpha, sigma)]
+            us = [s / c for s, c in zip(sigma, cs)]
+            c0s = [a + s for a, s in zip(a0s, s0s)]
+            u0s = [s / c for s, c in zip(s0s, c0s)]
+        euler_final = final_step == "euler"
+        tableaus = [EULER_TABLEAU if (euler_final and sigma[i + 1] == 0.0) else self.tableau for i in range(n)]
+        # the interior stage times of every step, inverted in one batch
+        stage_s = [u0s[i] + c[k] * (us[i + 1] - u0s[i]) for i, (_, b, c) in enumerate(tableaus) for k in range(1, len(b))]
+        if stage_s:
+            stage_t = _frame_times(frame, schedule, stage_s)
+            sa, ss = schedule._alpha_sigma_points(stage_t)
+            stage_c = sa if ve else [a + s for a, s in zip(sa, ss)]
+        pos = 0
         steps = []
-        for i in range(tab.n):
-            a0, s0 = float(tab.alpha[i]), float(tab.sigma[i])
-            churn, t_hat = None, float(tab.t[i])
-            sve = s0 / a0 if a0 > 0 else math.inf
-            gamma = min(s_churn / tab.n, math.sqrt(2.0) - 1.0) if (s_churn > 0 and s_tmin <= sve <= s_tmax and a0 > 0) else 0.0
-            if gamma > 0:  # EDM Algorithm 2: raise the noise level, exactly along the forward process
-                t_hat = min(frame_time("ve", schedule, sve * (1.0 + gamma)), schedule.t_max)
-                ah, sh = alpha_sigma_at(schedule, t_hat)
-                ratio = ah / a0
-                churn = (ratio, s_noise * math.sqrt(max(sh * sh - (ratio * s0) ** 2, 0.0)))
-                a0, s0 = ah, sh
-            A, b, c = EULER_TABLEAU if (final_step == "euler" and tab.to_zero(i)) else self.tableau
-            c0, u0 = frame_coords(frame, a0, s0)
-            c1, u1 = frame_coords(frame, float(tab.alpha[i + 1]), float(tab.sigma[i + 1]))
-            H = u1 - u0
-            stages = [(t_hat, 1.0, ())]
+        for i, (A, b, c) in enumerate(tableaus):
+            c0, c1 = c0s[i], cs[i + 1]
+            H = us[i + 1] - u0s[i]
+            stages = [(t_hat[i], 1.0, ())]
             for k in range(1, len(b)):
-                tk = frame_time(frame, schedule, u0 + c[k] * H)
-                ck, _ = frame_coords(frame, *alpha_sigma_at(schedule, tk))
-                stages.append((tk, ck / c0, tuple(ck * H * a for a in A[k - 1])))
-            steps.append(RKStep(churn, tuple(stages), (c1 / c0, tuple(c1 * H * w for w in b))))
+                ck = stage_c[pos]
+                stages.append((stage_t[pos], ck / c0, tuple(ck * H * a for a in A[k - 1])))
+                pos += 1
+            steps.append(RKStep(churns[i], tuple(stages), (c1 / c0, tuple(c1 * H * w for w in b))))
         return RKPlan(frame, tuple(steps))
 
     def loop(self, denoiser, x, grid, plan: RKPlan, *, generator: Generators = None, callback: Callback | None = None):

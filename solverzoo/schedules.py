@@ -85,6 +85,29 @@ class NoiseSchedule:
             return index.to(torch.float64)
         return self.t_zero + (index.to(torch.float64) + 1) / 1000.0 * (self.t_max - self.t_zero)
 
+    # -- host fast paths for plans (optional overrides) -------------------------------------
+    # Plans evaluate the schedule on the host in float64. These three hooks batch that work; each
+    # must return exactly (bit for bit) what its documented reference computes, so an override
+    # may only change the cost. The defaults are the references themselves.
+    def _alpha_sigma_host(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``alpha_sigma`` on the 1-D float64 CPU tensor ``t`` (the reference itself by default)."""
+        return self.alpha_sigma(t)
+
+    def _alpha_sigma_points(self, ts: list[float]) -> tuple[list[float], list[float]]:
+        """``alpha_sigma`` at each time of ``ts`` called on its own 0-d float64 tensor, as floats.
+        (Elementwise torch kernels may round differently inside a vector than on a scalar, so a
+        batched override must be checked against this.)"""
+        out_a, out_s = [], []
+        for t in ts:
+            a, s = self.alpha_sigma(torch.tensor(float(t), dtype=torch.float64))
+            out_a.append(float(a))
+            out_s.append(float(s))
+        return out_a, out_s
+
+    def _t_of_sigma_ve_points(self, sigma_ve: list[float]) -> list[float]:
+        """``t_of_sigma_ve`` at each value of ``sigma_ve`` called on its own 0-d float64 tensor."""
+        return [float(self.t_of_sigma_ve(torch.tensor(float(v), dtype=torch.float64))) for v in sigma_ve]
+
     @property
     def train_steps(self) -> int:
         return self.discrete_steps or 1000

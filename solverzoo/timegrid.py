@@ -4,6 +4,7 @@ strictly decreasing times in the schedule's own units, ending where sampling end
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -30,10 +31,11 @@ class TimeGrid:
     def __call__(self, schedule: NoiseSchedule, steps: int, **options) -> Tensor:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise GridError(f"steps must be a positive integer, got {steps!r}")
-        valid = self.options()
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise TypeError(f"grid {self.name!r} has no option(s) {unknown}; valid options: {valid or 'none'}")
+        if options:
+            valid = self.options()
+            unknown = sorted(set(options) - set(valid))
+            if unknown:
+                raise TypeError(f"grid {self.name!r} has no option(s) {unknown}; valid options: {valid or 'none'}")
         grid = self.fn(schedule, steps, **options)
         return validate_grid(grid, schedule, steps=steps, name=self.name)
 
@@ -58,12 +60,26 @@ def time_grid(name: str) -> Callable[[Callable], TimeGrid]:
 def validate_grid(grid, schedule: NoiseSchedule | None = None, *, steps: int | None = None, name: str = "grid") -> Tensor:
     """Check a grid and return it as a float64 CPU tensor; raise :class:`GridError` with the
     reason otherwise. Host-side, called once before sampling."""
-    grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    if grid.requires_grad:
+        grid = grid.detach()
+    if grid.device.type != "cpu":
+        grid = grid.cpu()
     if grid.ndim != 1 or grid.numel() < 2:
         raise GridError(f"{name}: a grid is a 1-D tensor of at least 2 times (start and end), got shape {tuple(grid.shape)}")
     if steps is not None and grid.numel() != steps + 1:
         raise GridError(f"{name}: asked for {steps} steps but the grid has {grid.numel()} points")
-    g = grid.numpy()  # host checks on the numpy view: cheaper than tensor ops for short grids
+    gl = grid.tolist()  # the common case checked on Python floats: cheaper than array ops on a short grid
+    lo_g, hi_g = gl[-1], gl[0]
+    if math.isfinite(lo_g) and math.isfinite(hi_g) and all(a > b for a, b in zip(gl, gl[1:])):
+        # strictly decreasing between finite ends: every time is finite, the extremes are the ends
+        if schedule is not None:
+            lo, hi = min(schedule.t_zero, schedule.t_max), max(schedule.t_zero, schedule.t_max)
+            tol = 1e-9 * max(1.0, abs(hi - lo))
+            if lo_g < lo - tol or hi_g > hi + tol:
+                raise GridError(f"{name}: times must lie in the schedule's range [{lo:g}, {hi:g}], got [{lo_g:g}, {hi_g:g}]")
+        return grid
+    g = grid.numpy()  # the failing case: locate the fault on the numpy view
     if not np.isfinite(g).all():
         raise GridError(f"{name}: the grid contains NaN or inf: {g.tolist()}")
     bad = np.flatnonzero(g[1:] >= g[:-1])

@@ -22,12 +22,12 @@ def _check_final(final: str) -> None:
         raise GridError(f"final must be one of {_FINALS}: 'zero' ends with a step to sigma = 0, 'none' ends at the last noise level")
 
 
-def _from_indices(schedule, idx: np.ndarray, name: str) -> torch.Tensor:
-    idx = np.asarray(idx, dtype=np.float64)
-    if len(np.unique(idx)) != len(idx):
+def _from_indices(schedule, idx, name: str) -> torch.Tensor:
+    idx = np.asarray(idx, dtype=np.float64).tolist() if isinstance(idx, np.ndarray) else [float(i) for i in idx]
+    if len(set(idx)) != len(idx):  # (np.unique's sort costs more on a short grid)
         raise GridError(f"{name}: {len(idx)} steps do not fit on a {schedule.train_steps}-step schedule without repeating a timestep; use fewer steps")
-    idx = np.append(idx, -1.0)  # final step to clean data
-    return schedule.index_to_t(torch.from_numpy(idx))
+    idx.append(-1.0)  # final step to clean data
+    return schedule.index_to_t(torch.tensor(idx, dtype=torch.float64))
 
 
 @time_grid("leading")
@@ -37,6 +37,8 @@ def leading(schedule, steps, *, steps_offset: int = 0):
     ratio = T // steps
     if ratio == 0:
         raise GridError(f"leading: {steps} steps exceed the {T} training timesteps")
+    if type(steps_offset) is int:  # the same integers, in Python (no numpy round trip on a short grid)
+        return _from_indices(schedule, [i * ratio + steps_offset for i in range(steps - 1, -1, -1)], "leading")
     return _from_indices(schedule, (np.arange(steps) * ratio)[::-1] + steps_offset, "leading")
 
 

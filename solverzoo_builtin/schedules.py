@@ -61,6 +61,7 @@ class DiscreteVP(NoiseSchedule):
         self.t_zero, self.t_min, self.t_max = -1.0, 0.0, float(T - 1)
         # knots at t = -1, 0, ..., T-1 of log alpha_bar (alpha_bar(-1) = 1)
         self._log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(ab.clamp_min(TINY_ALPHA_BAR))])
+        self._log_ab_list = self._log_ab.tolist()  # the same knots as floats, for host plans
 
     def _segment(self, t: Tensor):
         pos = _t(t) + 1.0
@@ -73,6 +74,38 @@ class DiscreteVP(NoiseSchedule):
     def alpha_sigma(self, t):
         la, _ = self._segment(t)
         return torch.exp(0.5 * la), torch.sqrt(-torch.expm1(la))
+
+    def _alpha_sigma_host(self, t):
+        """:meth:`alpha_sigma` with the interpolation of :meth:`_segment` in Python floats (the
+        same IEEE operations, without a dozen tiny tensor ops); exp, expm1 and sqrt stay torch's
+        kernels (they round like the reference: elementwise, position-independent)."""
+        ts = t.tolist()
+        if not all(map(math.isfinite, ts)):
+            return self.alpha_sigma(t)
+        L, top = self._log_ab_list, self.discrete_steps - 1
+        la = []
+        for v in ts:
+            pos = v + 1.0
+            j = int(pos) if pos >= 0.0 else 0  # clamp(floor(pos), 0, top): int() is floor for pos >= 0
+            if j > top:
+                j = top
+            w = pos - j
+            lo, hi = L[j], L[j + 1]
+            la.append(lo + w * (hi - lo))
+        a = torch.exp(torch.tensor([0.5 * v for v in la], dtype=torch.float64))
+        s = torch.sqrt(torch.expm1(torch.tensor(la, dtype=torch.float64)).neg_())
+        return a, s
+
+    def _alpha_sigma_points(self, ts):
+        if not ts:
+            return [], []
+        a, s = self._alpha_sigma_host(torch.tensor(ts, dtype=torch.float64))  # elementwise exact in a batch
+        return a.tolist(), s.tolist()
+
+    def _t_of_sigma_ve_points(self, sigma_ve):
+        if not sigma_ve:
+            return []
+        return self.t_of_sigma_ve(torch.tensor(sigma_ve, dtype=torch.float64)).tolist()  # log, logsigmoid, searchsorted
 
     def alpha_sigma_dot(self, t):
         la, slope = self._segment(t)
@@ -120,8 +153,28 @@ class ContinuousVP(NoiseSchedule):
 
     def t_of_lam(self, lam):
         L = torch.logaddexp(-2.0 * _t(lam), torch.zeros((), dtype=torch.float64))
+        return self._t_of_L(L)
+
+    def _t_of_L(self, L):
         db = self.beta_max - self.beta_min
         return 2.0 * L / (torch.sqrt(self.beta_min ** 2 + 2.0 * db * L) + self.beta_min)
+
+    def _alpha_sigma_points(self, ts):
+        if not ts:
+            return [], []
+        a, s = self.alpha_sigma(torch.tensor(ts, dtype=torch.float64))  # exp, expm1, sqrt: elementwise exact in a batch
+        return a.tolist(), s.tolist()
+
+    def _t_of_sigma_ve_points(self, sigma_ve):
+        if not sigma_ve:
+            return []
+        sv = torch.tensor(sigma_ve, dtype=torch.float64)
+        x = -2.0 * -torch.log(sv)
+        # logaddexp rounds differently inside a vector than on a scalar: keep it per point
+        zero = torch.zeros((), dtype=torch.float64)
+        L = torch.stack([torch.logaddexp(v, zero) for v in x])
+        t = self._t_of_L(L)
+        return torch.where(sv == 0, torch.full_like(t, self.t_zero), t).tolist()
 
     def describe(self):
         return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
@@ -145,6 +198,14 @@ class EDM(NoiseSchedule):
 
     def t_of_lam(self, lam):
         return torch.exp(-_t(lam))
+
+    def _alpha_sigma_points(self, ts):
+        return [1.0] * len(ts), [float(t) for t in ts]
+
+    def _t_of_sigma_ve_points(self, sigma_ve):
+        if not sigma_ve:
+            return []
+        return self.t_of_sigma_ve(torch.tensor(sigma_ve, dtype=torch.float64)).tolist()  # log, exp
 
     def describe(self):
         return {"name": self.name, "sigma_min": self.t_min, "sigma_max": self.t_max}
@@ -179,6 +240,21 @@ class RectifiedFlow(NoiseSchedule):
     def t_of_lam(self, lam):
         s = torch.sigmoid(-_t(lam))
         return s / (self.shift - (self.shift - 1.0) * s)
+
+    def _alpha_sigma_points(self, ts):
+        k = self.shift - 1.0
+        s = [self.shift * t / (1.0 + k * t) for t in map(float, ts)]  # the same IEEE operations as _s
+        return [1.0 - v for v in s], s
+
+    def _t_of_sigma_ve_points(self, sigma_ve):
+        if not sigma_ve:
+            return []
+        sv = torch.tensor(sigma_ve, dtype=torch.float64)
+        x = torch.log(sv)  # -(-log): the negated lambda
+        # sigmoid rounds differently inside a vector than on a scalar: keep it per point
+        s = torch.stack([torch.sigmoid(v) for v in x])
+        t = s / (self.shift - (self.shift - 1.0) * s)
+        return torch.where(sv == 0, torch.full_like(t, self.t_zero), t).tolist()
 
     def describe(self):
         return {"name": self.name, "shift": self.shift, "t_min": self.t_min}

@@ -43,11 +43,13 @@ class EulerAncestral(Solver):
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"{self.name}: eta must lie in [0, 1], got {eta!r}")
         tab = table(schedule, grid)
+        alpha, sigma, sqrt = tab.alpha, tab.sigma, math.sqrt
         out = []
         for i in range(tab.n):
-            a1, s1 = float(tab.alpha[i + 1]), float(tab.sigma[i + 1])
-            c = eta * s1 * math.sqrt(max(1.0 - tab.emh(i) ** 2, 0.0))  # alpha' * sigma_up (VE)
-            down = math.sqrt(max(s1 * s1 - c * c, 0.0))  # alpha' * sigma_down (VE)
+            a0, s0, a1, s1 = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
+            emh = (s1 / s0) * (a0 / a1)  # tab.emh(i), inlined
+            c = eta * s1 * sqrt(max(1.0 - emh ** 2, 0.0))  # alpha' * sigma_up (VE)
+            down = sqrt(max(s1 * s1 - c * c, 0.0))  # alpha' * sigma_down (VE)
             out.append((a1, down, c * s_noise))  # c * 1.0 == c exactly: ddim's plan
         return out
 
