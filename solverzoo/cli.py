@@ -166,30 +166,210 @@ def cmd_conformance(args) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+MAX_STEPS = 10_000  # `sample --steps` above this is refused (a typo far more often than a wish)
+MAX_GRID_PIXELS = 100_000_000  # `sample`: the PNG grid's pixel limit (n x upscaled image size)
+MAX_SCALE = 100.0  # `sample --scale` bound: far beyond any useful guidance strength
+SAMPLE_CHUNK = 8  # `sample`: sample i is always computed in the batch of samples 8*(i//8) .. 8*(i//8)+7
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# what `sample` knows of the built-in backbones before loading them (a plugin's is checked after loading)
+_BUILTIN_IMAGE = {"shapes-flow": (3, 32, 32), "shapes-eps": (3, 32, 32), "digits": (1, 16, 16)}
+
+
+class UsageError(ValueError):
+    """A command line a user got wrong: one line, exit 2."""
+
+
+def _warn(msg: str) -> None:
+    print(f"solverzoo: warning: {msg}", file=sys.stderr)
+
+
+def _check_prompt(backbone: str, prompt: str, what: str) -> None:
+    """Refuse prompts a built-in backbone cannot take; warn about words outside a world's vocabulary."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid UTF-8 text ({prompt.encode('utf-8', 'surrogateescape')[:40]!r}); "
+                         "pass the prompt as UTF-8") from None
+    if backbone == "gmm":
+        raise UsageError(f"backbone gmm is conditioned on class labels (0, 1 or 2), not text like {prompt!r}, and samples "
+                         "4-D points, not images: `solverzoo sample` writes an image grid, so use an image backbone "
+                         "(shapes-flow, shapes-eps, digits) or benchmark gmm with `solverzoo bench backbone=gmm`")
+    if backbone == "digits":
+        from solverzoo.models.worlds.digits import digit_label
+
+        try:
+            digit_label(prompt)
+        except ValueError as exc:
+            raise UsageError(f"{what}: {exc}") from None
+    if backbone in ("shapes-flow", "shapes-eps"):
+        import re
+
+        from solverzoo.models.worlds import shapes as w
+
+        vocab = {t for tpl in w.SINGLE_TEMPLATES + w.PAIR_TEMPLATES for t in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "", tpl))}
+        for words in (w.SHAPES, w.COLOUR_NAMES, w.SIZES, w.POSITIONS, *w.SYNONYMS.values()):
+            vocab |= {t for x in words for t in x.split()}
+        unknown = [t for t in re.findall(r"[a-z]+", prompt.lower()) if t not in vocab]
+        parsed = w.parse_caption(prompt)
+        if unknown or parsed["count"] == 0:
+            why = f"words outside its vocabulary: {', '.join(repr(u) for u in dict.fromkeys(unknown))}" if unknown else "no shape named"
+            _warn(f"{what} {prompt!r} is outside the shapes world's grammar ({why}); the model was trained on captions "
+                  "like 'a large red circle at the top left' or 'a small blue square beside a green triangle' "
+                  "(1-2 objects; shapes circle/square/triangle; colours " + "/".join(w.COLOUR_NAMES) +
+                  "): expect an image that ignores what it does not know")
+
+
+def _check_out(out: str) -> None:
+    import os
+    from pathlib import Path
+
+    from solverzoo.bench.sweep import ConfigError, check_output_dir
+
+    p = Path(out).expanduser()
+    if p.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file name such as {os.path.join(out, 'grid.png')}")
+    if p.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise UsageError(f"--out {out}: the file name needs an image extension ({', '.join(IMAGE_EXTENSIONS)}), e.g. grid.png")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UsageError(f"--out {out} exists and is not writable")
+    try:
+        check_output_dir(str(p.parent), f"--out {out}: folder")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def validate_sample(args) -> None:
+    """Every check of ``solverzoo sample`` that needs no backbone: runs before the (slow) load."""
+    import math
+
+    from solverzoo.bench.sweep import ConfigError, check_device
+
+    if args.backbone not in registry.names("backbone"):
+        registry.get("backbone", args.backbone)  # UnknownComponentError with close matches
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: the number of samples must be at least 1")
+    if not 0 <= args.seed <= 2**63 - 1 - args.n - SAMPLE_CHUNK:
+        raise UsageError(f"--seed {args.seed} is out of range: seeds are integers in [0, 2**63 - 1 - n - {SAMPLE_CHUNK}] "
+                         "(sample i uses seed + i)")
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise UsageError(f"--steps {args.steps} must lie in [1, {MAX_STEPS}]")
+    if not (math.isfinite(args.scale) and 0.0 <= args.scale <= MAX_SCALE):
+        raise UsageError(f"--scale {args.scale:g} must be a finite number in [0, {MAX_SCALE:g}]")
+    if args.negative_prompt is not None and args.guidance == "none":
+        raise UsageError("--negative-prompt needs guidance (e.g. --guidance cfg, or negative_prompt); with "
+                         "--guidance none it would be ignored")
+    registry.get("solver", args.solver)
+    if args.grid is not None:
+        registry.get("grid", args.grid)
+    if args.guidance != "none":
+        registry.get("guidance", args.guidance)(scale=args.scale)  # names and checks the scale
+    if args.cache is not None:
+        registry.get("cache", args.cache)
+    try:
+        check_device(args.device)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    _check_prompt(args.backbone, args.prompt, "--prompt")
+    if args.negative_prompt is not None:
+        _check_prompt(args.backbone, args.negative_prompt, "--negative-prompt")
+    if args.backbone in _BUILTIN_IMAGE:
+        _check_grid_pixels(args.n, _BUILTIN_IMAGE[args.backbone])
+    _check_out(args.out)
+
+
+def _check_grid_pixels(n: int, shape) -> None:
+    """Refuse an image grid (upscaled 4x, 2-pixel padding: as save_grid writes it) over MAX_GRID_PIXELS."""
+    import math
+
+    _, h, w = shape
+    ncol = math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    px = (nrow * (h + 2) + 2) * (ncol * (w + 2) + 2) * 16
+    if px > MAX_GRID_PIXELS:
+        most = int((math.sqrt(MAX_GRID_PIXELS / 16) / (max(h, w) + 2)) ** 2)
+        raise UsageError(f"--n {n}: the image grid would have {px / 1e6:.0f} megapixels, over the limit of "
+                         f"{MAX_GRID_PIXELS / 1e6:.0f}; use --n {most} or fewer (and several seeds) instead")
+
+
 def cmd_sample(args) -> int:
     import time
 
+    validate_sample(args)  # before the backbone load: bad input costs nothing
+    import torch
+
     from solverzoo.backbone import load_backbone
-    from solverzoo.bench.generate import generate
     from solverzoo.models.images import save_grid
 
     t0 = time.perf_counter()
     bb = load_backbone(args.backbone, args.device)
     load_s = time.perf_counter() - t0
-    prompts = [args.prompt] * args.n
-    neg = [args.negative_prompt] * args.n if args.negative_prompt is not None else None
+    if len(bb.latent_shape) != 3:
+        raise UsageError(f"backbone {bb.name} samples {tuple(bb.latent_shape)}-shaped points, not images; "
+                         "`solverzoo sample` writes an image grid")
+    if args.backbone not in _BUILTIN_IMAGE:
+        with torch.no_grad():
+            _check_grid_pixels(args.n, tuple(bb.decode(torch.zeros((1,) + tuple(bb.latent_shape), device=args.device)).shape[1:]))
     guidance = None if args.guidance == "none" else args.guidance
-    if neg is not None and guidance == "cfg":
+    if args.negative_prompt is not None and guidance == "cfg":
         guidance = "negative_prompt"
-    out = generate(bb, prompts, solver=args.solver, steps=args.steps, grid=args.grid, guidance=guidance, scale=args.scale,
-                   negative_prompts=neg, seeds=range(args.seed, args.seed + args.n), device=args.device,
-                   solver_options=_parse_options(args.option), grid_options=_parse_options(args.grid_option),
-                   cache=args.cache, cache_options=_parse_options(args.cache_option))
-    path = save_grid(out.images, args.out)
+    kw = dict(solver=args.solver, steps=args.steps, grid=args.grid, guidance=guidance, scale=args.scale, device=args.device,
+              solver_options=_parse_options(args.option), grid_options=_parse_options(args.grid_option),
+              cache=args.cache, cache_options=_parse_options(args.cache_option), batch_size=SAMPLE_CHUNK)
+    images, nfe, evals, sampling_s = _sample_chunks(bb, args, kw)
+    path = save_grid(images, args.out)
     print(f"wrote {path}: {args.n} samples of {args.prompt!r} from {bb.name}, solver {args.solver}, {args.steps} steps, "
           f"guidance {guidance or 'none'}" + (f" scale {args.scale}" if guidance else ""))
-    print(f"NFE per sample: {out.nfe}; backbone evaluations {out.backbone_evals:.1f}; wall time {out.wall_s:.2f} s (sampling {out.sampling_s:.2f} s; backbone load {load_s:.2f} s)")
+    print(f"NFE per sample: {nfe}; backbone evaluations {evals:.1f}; wall time {time.perf_counter() - t0:.2f} s "
+          f"(sampling {sampling_s:.2f} s; backbone load {load_s:.2f} s)")
     return 0
+
+
+def _sample_chunks(bb, args, kw):
+    """Samples 0..n-1 in fixed batches of SAMPLE_CHUNK (sample i always in the batch of seeds
+    seed + 8*(i//8) ..., the last batch filled up with the samples that follow and dropped), so
+    sample i is bit-identical whatever --n; a progress bar over model calls, with an estimate."""
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from solverzoo.bench.generate import generate
+
+    n, k = args.n, SAMPLE_CHUNK
+    chunks = (n + k - 1) // k
+    calls = [0]
+    net = bb.model.net
+    guess = args.steps * registry.get("solver", args.solver).evals_per_step * chunks
+    bar = tqdm(total=guess, desc=f"sampling {n} x {args.steps} steps", unit="call", file=sys.stderr,
+               disable=None if chunks * args.steps < 200 else False, leave=False)
+
+    def counted(*a, **kk):
+        calls[0] += 1
+        bar.update(1)
+        return net(*a, **kk)
+    counted.__wrapped__ = net
+    images, nfe, evals, samp = [], 0, 0.0, 0.0
+    bb.model.net = counted
+    try:
+        t0 = time.perf_counter()
+        for j in range(chunks):
+            seeds = range(args.seed + j * k, args.seed + (j + 1) * k)
+            neg = [args.negative_prompt] * k if args.negative_prompt is not None else None
+            out = generate(bb, [args.prompt] * k, negative_prompts=neg, seeds=seeds, **kw)
+            take = min(k, n - j * k)
+            images.append(out.images[:take])
+            nfe, evals, samp = out.nfe, evals + out.backbone_evals * take / n, samp + out.sampling_s
+            if j == 0:
+                bar.total = calls[0] * chunks
+                bar.refresh()
+                if chunks > 1:
+                    est = (time.perf_counter() - t0) * (chunks - 1)
+                    print(f"solverzoo: {n} samples in {chunks} batches of {k}; about {est:.0f} s to go "
+                          f"(first batch {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+    finally:
+        bb.model.net = net
+        bar.close()
+    return torch.cat(images), nfe, evals, samp
 
 
 def cmd_train(args) -> int:
@@ -201,7 +381,8 @@ def cmd_train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="solverzoo", description="A plugin-based zoo of diffusion solvers with a benchmark harness.")
+    p = _Parser(prog="solverzoo", description="A plugin-based zoo of diffusion solvers with a benchmark harness.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks (for bug reports)")
     sub = p.add_subparsers(dest="command", required=True)
     pl = sub.add_parser("plugins", help="list every registered component and failed plugin")
     pl.add_argument("--json", action="store_true", help="print a JSON list, one object per component")
@@ -234,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--guidance", default="cfg", help="guidance method, or 'none'")
     sp.add_argument("--scale", type=float, default=4.0)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--n", type=int, default=16)
+    sp.add_argument("--n", type=int, default=16, help="samples (default 16); sample i is bit-identical whatever --n "
+                    "(same machine, torch build and thread count)")
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
     sp.add_argument("--grid-option", action="append", metavar="NAME=VALUE", help="grid option, repeatable (e.g. key=... for --grid optimised)")
@@ -242,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache-option", action="append", metavar="NAME=VALUE", help="cache option, repeatable (e.g. threshold=0.05)")
     sp.add_argument("--out", default="grid.png")
     sp.set_defaults(fn=cmd_sample)
-    sub.add_parser("bench", help="run a benchmark sweep (Hydra app: solverzoo bench [overrides] [-m] [--fail-fast])")
+    sub.add_parser("bench", help="run a benchmark sweep (Hydra app: solverzoo bench [overrides] [-m] [--fail-fast] "
+                   "[--keep-going]); exit 0 ok, 2 bad input or results_dir in use, 3 cells failed")
     rp = sub.add_parser("report", help="write a report (index.md + PNG figures) from a results directory")
     rp.add_argument("results", help="a results_dir written by `solverzoo bench`")
     rp.add_argument("--out", default=None, help="output folder (default: RESULTS/report)")
@@ -282,26 +465,152 @@ def cmd_optimise_grid(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from solverzoo.bench.report import report_main
+    import os
+    from pathlib import Path
 
-    path = report_main(args.results, args.out)
+    from solverzoo.bench.lock import ResultsLock
+    from solverzoo.bench.records import read_only, stale_reason
+    from solverzoo.bench.report import report_main
+    from solverzoo.bench.sweep import ConfigError, check_output_dir
+
+    results = Path(args.results)
+    if not results.is_dir() or not (results / "records").is_dir():
+        raise ResultsError(f"{args.results} is not a solverzoo results directory (no records/ folder inside); "
+                           "pass the results_dir a `solverzoo bench` run printed")
+    out = Path(args.out) if args.out else results / "report"
+    try:
+        check_output_dir(str(out), "--out")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    inside = os.path.realpath(out).startswith(os.path.realpath(results) + os.sep)
+    _warn_missing_arrays(results)
+    if inside:  # writes the table and report into the results dir: one writer at a time
+        with ResultsLock(results):
+            path = report_main(args.results, str(out))
+    else:  # --out elsewhere: the results directory is only read
+        why = stale_reason(results)
+        if why:
+            _warn(f"{results} is marked stale ({why}); this report is built from its valid records only")
+        with read_only():
+            path = report_main(args.results, str(out))
     print(f"report: {path}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the Hydra app takes its own command line
-        from solverzoo.bench.app import main as bench_main
+def _warn_missing_arrays(results) -> None:
+    """Say which paired comparisons a report cannot make because per-sample arrays are gone."""
+    import math
 
-        return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    from solverzoo.bench.records import read_records
+
+    feats = results / "features"
+    gone = [r for r in read_records(results) if r["status"] == "ok" and any(
+        isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in ("fid", "prompt_accuracy"))
+        and not (feats / f"{r['config_hash']}.safetensors").is_file()]
+    if gone:
+        _warn(f"{len(gone)} cell(s) have no per-sample arrays in {feats} (deleted?): their paired comparisons "
+              "(ΔFID, Δprompt accuracy) show n/a; rerun the same `solverzoo bench` command to regenerate them")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) instead of usage + error."""
+
+    def error(self, message):
+        print(f"solverzoo: error: {self.prog.split(' ', 1)[-1] if ' ' in self.prog else self.prog}: {message} "
+              f"(see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _user_errors() -> tuple:
+    from solverzoo.bench.lock import ResultsLocked
+    from solverzoo.bench.sweep import ConfigError
+    from solverzoo.timegrid import GridError
+
+    return (UnknownComponentError, PluginError, WeightsError, ResultsError, ResultsLocked, ConfigError, UsageError,
+            GridError, ValueError, TypeError, FileNotFoundError, PermissionError, NotADirectoryError,
+            IsADirectoryError, UnicodeError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 success; 1 a bug (one line; the traceback with --debug); 2 a user error (one
+    line, before any expensive work); 3 a sweep with failed cells (see solverzoo.bench.app)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if argv[:1] == ["--debug"]:
+        argv = argv[1:]
+    if argv[:1] == ["bench"]:  # the Hydra app takes its own command line
+        return _bench(argv[1:], debug)
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     args.argv = argv[1:]
     try:
         return args.fn(args)
-    except (UnknownComponentError, PluginError, WeightsError, ResultsError, ValueError, TypeError) as exc:
-        print(f"solverzoo: error: {exc}", file=sys.stderr)
+    except _user_errors() as exc:
+        if debug:
+            raise
+        msg = str(exc).replace("\n", " ") or type(exc).__name__
+        print(f"solverzoo: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("solverzoo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback behind --debug
+        if debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"solverzoo: internal error: {type(exc).__name__}: {first} (a bug: please report it with the output of "
+              "the same command run with --debug)", file=sys.stderr)
+        return 1
+
+
+def _bench(argv: list[str], debug: bool) -> int:
+    """``solverzoo bench``: compose and validate the config here first (one line, exit 2, before
+    Hydra creates its run folder inside results_dir and before the backbone loads), take the
+    results directory's lock, then run the Hydra app."""
+    from solverzoo.bench import app
+
+    argv, dbg = app.bench_argv(argv)
+    debug = debug or dbg
+    plain = all(not a.startswith("-") for a in argv) and not any(a.lstrip("+~").startswith("hydra") for a in argv)
+    if not plain:  # -m, --config-dir, --cfg, hydra.* overrides: Hydra composes; each job validates itself
+        return app.main(argv, debug)
+    try:
+        cfg = _compose(argv)
+        from solverzoo.bench.sweep import validate_config
+        from solverzoo.bench.lock import ResultsLock
+
+        validate_config(cfg)
+        lock = ResultsLock(cfg["results_dir"]).acquire()
+    except app.user_errors() as exc:
+        if debug:
+            raise
+        print(f"solverzoo: error: {str(exc).replace(chr(10), ' ')}", file=sys.stderr)
+        return 2
+    try:
+        return app.main(argv, debug)
+    finally:
+        lock.release()
+
+
+def _compose(argv: list[str]) -> dict:
+    """The resolved config Hydra would compose for ``argv`` (overrides only)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from solverzoo.bench.app import register_backbone_configs
+    from solverzoo.bench.sweep import ConfigError
+
+    register_backbone_configs()
+    try:
+        with initialize_config_module(config_module="solverzoo.bench.configs", version_base=None):
+            cfg = compose(config_name="config", overrides=argv)
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # noqa: BLE001 - Hydra / OmegaConf: a command line it cannot compose
+        lines = [x.strip() for x in str(exc).split("Config search path")[0].splitlines() if x.strip()]
+        raise ConfigError(" ".join(lines) or type(exc).__name__) from None
 
 
 if __name__ == "__main__":

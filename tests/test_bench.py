@@ -16,8 +16,11 @@ import torch
 from solverzoo.bench.metrics import frechet, stats
 from solverzoo.bench.records import COLUMNS
 
-# the quick preset pinned to one grid and two step counts: these tests are about the harness itself
-QUICK = ["backbone=gmm", "sweep=quick", "sweep.grids=[default]", "sweep.steps=[4,8]", "metrics.bootstrap=20", "progress=false"]
+# the quick preset pinned to one grid and two step counts: these tests are about the harness itself.
+# metrics.reference.n=2000: the default 50,000-sample reference costs ~30 s per fresh cache on the
+# mixture (drawn one sample at a time); the harness tests do not need its vanishing floor
+QUICK = ["backbone=gmm", "sweep=quick", "sweep.grids=[default]", "sweep.steps=[4,8]", "metrics.bootstrap=20", "progress=false",
+         "metrics.reference.n=2000"]
 
 
 def bench(*args, cwd=None, timeout=600, env=None):
@@ -49,7 +52,8 @@ def test_quick_sweep_writes_table_and_report(tmp_path):
 
 
 def test_the_quick_preset_covers_an_optimised_grid_and_skips_caches_with_a_reason(tmp_path):
-    out = bench("backbone=gmm", "sweep=quick", "metrics.bootstrap=20", "progress=false", f"results_dir={tmp_path}/r")
+    out = bench("backbone=gmm", "sweep=quick", "metrics.bootstrap=20", "metrics.reference.n=2000", "progress=false",
+                f"results_dir={tmp_path}/r")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "caches ['teacache'] skipped on gmm" in out.stderr  # no transformer block stack on the analytic backbone
     df = pd.read_parquet(tmp_path / "r" / "results.parquet")
@@ -60,15 +64,15 @@ def test_the_quick_preset_covers_an_optimised_grid_and_skips_caches_with_a_reaso
     index = (tmp_path / "r" / "report" / "index.md").read_text()
     assert "## Optimised grids" in index and "optimised:gmm-dpmpp_2m-cfg4" in index
     # a sweep naming a saved grid that was made for other step counts skips those cells, saying why
-    out = bench("backbone=gmm", "sweep=quick", "sweep.steps=[4]", "metrics.bootstrap=20", "progress=false",
-                f"results_dir={tmp_path}/r4")
+    out = bench("backbone=gmm", "sweep=quick", "sweep.steps=[4]", "metrics.bootstrap=20", "metrics.reference.n=2000",
+                "progress=false", f"results_dir={tmp_path}/r4")
     assert out.returncode == 0 and "has no 4-step grid" in out.stderr
     assert set(pd.read_parquet(tmp_path / "r4" / "results.parquet").grid) == {"logsnr"}
 
 
 def test_sigkill_mid_sweep_then_resume(tmp_path):
     args = ["backbone=gmm", "sweep=quick", "sweep.grids=[default]", "sweep.steps=[3,5,7,9,11,13,15,17,19,21,23,25]", "sweep.n_samples=400",
-            "metrics.bootstrap=200", "progress=false", f"results_dir={tmp_path}/r"]
+            "metrics.bootstrap=200", "metrics.reference.n=2000", "progress=false", f"results_dir={tmp_path}/r"]
     proc = subprocess.Popen([sys.executable, "-m", "solverzoo.cli", "bench", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     rec_dir = tmp_path / "r" / "records"
@@ -90,13 +94,20 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
 
 
 def test_failed_cell_is_recorded_and_fail_fast_stops(tmp_path):
-    out = bench(*QUICK, "sweep.solvers=[euler,no_such_solver]", f"results_dir={tmp_path}/r")
-    assert out.returncode == 0, out.stderr[-2000:]
+    # a cell failing at run time (an option value only the solver checks): written, reported, exit 3
+    failing = ["sweep.solvers=[euler,ddim]", "+sweep.solver_options={ddim:{eta:5}}"]
+    out = bench(*QUICK, *failing, f"results_dir={tmp_path}/r")
+    assert out.returncode == 3, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-3:]
+    assert last[0] == "solverzoo: 2 of 4 cells failed:" and last[1] == "solverzoo:   2 x ValueError: ddim: eta must lie in [0, 1], got 5"
+    assert last[2].startswith("solverzoo: exit 3")
     df = pd.read_parquet(tmp_path / "r" / "results.parquet")
-    bad = df[df.solver == "no_such_solver"]
-    assert len(bad) == 2 and (bad.status == "failed").all() and bad.error.str.contains("unknown solver").all()
+    bad = df[df.solver == "ddim"]
+    assert len(bad) == 2 and (bad.status == "failed").all() and bad.error.str.contains("eta must lie").all()
     assert (df[df.solver == "euler"].status == "ok").all()
     assert "Failed cells" in (tmp_path / "r" / "report" / "index.md").read_text()
+    kept = bench(*QUICK, *failing, "--keep-going", f"results_dir={tmp_path}/r")  # retried, fail again, exit 0
+    assert kept.returncode == 0 and "2 already done, 2 to run" in kept.stdout and "keep_going=true: exit 0" in kept.stdout
     ff = bench(*QUICK, "sweep.solvers=[no_such_solver]", "--fail-fast", f"results_dir={tmp_path}/ff")
     assert ff.returncode != 0 and "unknown solver 'no_such_solver'" in ff.stderr
 
@@ -106,7 +117,7 @@ def test_corrupt_record_is_reported_and_recomputed(tmp_path):
     victim = sorted((tmp_path / "r" / "records").glob("*.json"))[0]
     victim.write_text("{not json")
     out = bench(*QUICK, f"results_dir={tmp_path}/r")
-    assert f"corrupt record {victim}" in out.stdout and "3 already done, 1 to run" in out.stdout
+    assert f"invalid record {victim}" in out.stderr and "3 already done, 1 to run" in out.stdout
     assert json.loads(victim.read_text())["status"] == "ok"
 
 
@@ -150,7 +161,8 @@ def test_two_processes_give_the_same_fid(tmp_path):
     a, b = (pd.read_parquet(tmp_path / d / "results.parquet") for d in ("one", "two"))
     rec_b = json.loads(next((tmp_path / "two" / "records").glob("*.json")).read_text())
     assert rec_b["ranks"] == 2
-    for col in ("fid", "fid_ci_low", "fid_ci_high", "kid", "prompt_accuracy"):
+    for col in ("fid", "fid_ci_low", "fid_ci_high", "fid_inf", "kid", "kid_ci_low", "prompt_accuracy", "err_converged",
+                "fd_converged"):
         np.testing.assert_allclose(a[col], b[col], rtol=1e-6, err_msg=col)
 
 

@@ -3,8 +3,11 @@ run each missing cell, write its record atomically, then build the table and the
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import sys
 import traceback
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -12,14 +15,188 @@ import torch
 from solverzoo.backbone import load_backbone
 from solverzoo.bench.cell import dist_info, flops, run_cell
 from solverzoo.bench.metrics import MetricUnavailable, Reference, fid_kid, make_extractor
-from solverzoo.bench.records import build_table, config_hash, read_record, records_dir, write_arrays, write_record
+from solverzoo.bench.lock import ResultsLock
+from solverzoo.bench.records import (ResultsError, build_table, config_hash, mark_stale, read_record, records_dir,
+                                     write_arrays, write_record)
 from solverzoo.bench.reference_set import load_reference, write_floor
 from solverzoo.caching import CacheError, find_stack
 from solverzoo.registry import registry
 from solverzoo.timegrid import GridError
 
+EXIT_FAILED_CELLS = 3  # a sweep in which cells (or metrics the user asked for) failed; keep_going=true exits 0
+
+
+class ConfigError(ValueError):
+    """A sweep config a user got wrong: one line, exit code 2, before anything expensive runs."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _known(kind: str, name, key: str) -> None:
+    from solverzoo.registry import UnknownComponentError
+
+    _need(isinstance(name, str), f"{key}: {name!r} is not a {kind} name")
+    try:
+        registry.get(kind, name)
+    except UnknownComponentError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _list(sw: dict, key: str, example: str) -> list:
+    v = sw.get(key)
+    _need(isinstance(v, (list, tuple)), f"sweep.{key} must be a list (e.g. sweep.{key}={example}), not {v!r}")
+    _need(len(v) > 0, f"sweep.{key} is empty: nothing to run; name at least one (e.g. sweep.{key}={example})")
+    return list(v)
+
+
+def check_output_dir(path, key: str) -> None:
+    """``path`` is (or can be made) a writable directory: else a :class:`ConfigError`."""
+    import tempfile
+
+    _need(isinstance(path, str) and path.strip() != "", f"{key} must be a folder path, not {path!r}")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{key} {path} is a file, not a directory; pass a folder (it is created if missing)")
+    a = p
+    while not a.exists():
+        a = a.parent
+    if not a.is_dir():
+        raise ConfigError(f"{key} {path} cannot be created: {a} is a file, not a directory")
+    try:  # an unnamed temporary file (O_TMPFILE where supported): proves writability, leaves nothing behind
+        with tempfile.TemporaryFile(dir=a):
+            pass
+    except OSError as exc:
+        import errno
+
+        why = f": {exc.strerror}" if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOSPC) else ""
+        raise ConfigError(f"{key} {path} is not writable (cannot create a file in {a}{why}); "
+                          "pass a folder you can write to") from None
+
+
+def check_device(device) -> None:
+    import torch
+
+    _need(isinstance(device, str), f"device must be a string such as cpu or cuda, not {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={device!r} is not a torch device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        _need(torch.cuda.is_available(), f"device={device} but this torch build ({torch.__version__}) has no usable CUDA "
+                                         "device; use device=cpu")
+        _need(dev.index is None or dev.index < torch.cuda.device_count(),
+              f"device={device} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps":
+        _need(torch.backends.mps.is_available(), f"device={device} but MPS is not available here; use device=cpu")
+    else:
+        _need(dev.type == "cpu", f"device={device} is not supported (use cpu or cuda)")
+
+
+def _local_path_like(v: str) -> bool:
+    return v.startswith(("/", "./", "../", "~")) or os.sep in v and Path(v).expanduser().exists()
+
+
+def validate_config(cfg: dict, paths: bool = True) -> None:
+    """Check the resolved sweep config before anything expensive (no backbone is loaded): every
+    name registered, every count a positive integer, the device available, the output folders
+    writable. Raises :class:`ConfigError` with one line saying what is wrong and what to do."""
+    _need(isinstance(cfg.get("backbone"), dict) and isinstance(cfg["backbone"].get("name"), str),
+          "backbone must name a registered backbone (e.g. backbone=gmm)")
+    _known("backbone", cfg["backbone"]["name"], "backbone")
+    sw = cfg.get("sweep")
+    _need(isinstance(sw, dict), "sweep must be a sweep config (e.g. sweep=quick)")
+    for s in _list(sw, "solvers", "[euler,dpmpp_2m]"):
+        _known("solver", s, "sweep.solvers")
+    for g in _list(sw, "grids", "[default,karras]"):
+        if g == "default":
+            continue
+        name = g.get("name") if isinstance(g, dict) else g
+        _need(name is not None, f"sweep.grids entry {g!r} needs a name (e.g. {{name: karras, rho: 7}})")
+        _known("grid", name, "sweep.grids")
+    for st in _list(sw, "steps", "[5,10]"):
+        _need(_is_int(st) and st >= 1, f"sweep.steps: {st!r} is not a positive integer (e.g. sweep.steps=[5,10])")
+    for g in _list(sw, "guidance", "[{name:cfg,scale:4.0}]"):
+        _need(isinstance(g, dict) and "name" in g and "scale" in g,
+              f"sweep.guidance entry {g!r} must look like {{name: cfg, scale: 4.0}}")
+        sc = g["scale"]
+        _need(isinstance(sc, (int, float)) and not isinstance(sc, bool) and math.isfinite(sc),
+              f"sweep.guidance scale {sc!r} (guidance {g['name']}) is not a finite number")
+        if g["name"] != "none":
+            _known("guidance", g["name"], "sweep.guidance")
+            try:
+                registry.get("guidance", g["name"])(scale=float(sc))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"sweep.guidance {g['name']} scale {sc}: {exc}") from None
+    for c in sw.get("caches") or ["none"]:
+        name = c.get("name") if isinstance(c, dict) else c
+        if name != "none":
+            _known("cache", name, "sweep.caches")
+    n = sw.get("n_samples")
+    _need(_is_int(n) and n >= 1, f"sweep.n_samples={n!r} must be a positive integer (e.g. sweep.n_samples=64)")
+    for s in _list(sw, "seed_sets", "[0]"):
+        _need(_is_int(s) and s >= 0, f"sweep.seed_sets: {s!r} is not a non-negative integer")
+    so = sw.get("solver_options", {})
+    _need(isinstance(so, dict) and all(isinstance(v, dict) for v in so.values()),
+          "sweep.solver_options must map a solver name to its options, e.g. {ddim: {eta: 0.5}}")
+    for name, opts in so.items():
+        _known("solver", name, "sweep.solver_options")
+        try:
+            registry.get("solver", name).check_options(opts)
+        except TypeError as exc:
+            raise ConfigError(f"sweep.solver_options: {exc}") from None
+    bs = cfg.get("batch_size")
+    _need(_is_int(bs) and bs >= 1, f"batch_size={bs!r} must be a positive integer (e.g. batch_size=64)")
+    for key in ("fail_fast", "progress", "keep_going", "retry_failed"):
+        _need(cfg.get(key) is None or isinstance(cfg[key], bool), f"{key}={cfg[key]!r} must be true or false")
+    check_device(cfg.get("device", "cpu"))
+    _validate_metrics(cfg.get("metrics") or {})
+    if paths:
+        check_output_dir(cfg.get("results_dir"), "results_dir")
+        check_output_dir(cfg.get("report_dir"), "report_dir")
+
+
+def _validate_metrics(m: dict) -> None:
+    for key in ("fid", "kid", "prompt_accuracy", "clip_score"):
+        _need(isinstance(m.get(key), bool), f"metrics.{key}={m.get(key)!r} must be true or false")
+    _need(m.get("feature") in ("domain", "inception", "clip"),
+          f"metrics.feature={m.get('feature')!r} must be domain, inception or clip")
+    b = m.get("bootstrap")
+    _need(_is_int(b) and b >= 0, f"metrics.bootstrap={b!r} must be a non-negative integer")
+    ci = m.get("ci")
+    _need(isinstance(ci, (int, float)) and not isinstance(ci, bool) and 0 < ci < 1, f"metrics.ci={ci!r} must lie in (0, 1)")
+    k = m.get("kid_subset_size")
+    _need(_is_int(k) and k >= 2, f"metrics.kid_subset_size={k!r} must be an integer >= 2")
+    rc = m.get("reference") or {}
+    _need(rc.get("kind") in ("world", "folder", "npz"), f"metrics.reference.kind={rc.get('kind')!r} must be world, folder or npz")
+    _need(_is_int(rc.get("n")) and rc["n"] >= 2, f"metrics.reference.n={rc.get('n')!r} must be an integer >= 2")
+    _need(_is_int(rc.get("seed")), f"metrics.reference.seed={rc.get('seed')!r} must be an integer")
+    if rc["kind"] == "folder":
+        _need(isinstance(rc.get("path"), str) and Path(rc["path"]).expanduser().is_dir(),
+              f"metrics.reference.kind=folder needs metrics.reference.path=DIR of images; {rc.get('path')!r} is not a folder")
+    if rc["kind"] == "npz":
+        _need(isinstance(rc.get("path"), str) and Path(rc["path"]).expanduser().is_file(),
+              f"metrics.reference.kind=npz needs metrics.reference.path=FILE.npz; {rc.get('path')!r} is not a file")
+    w = m.get("inception_weights")
+    if w is not None:
+        _need(isinstance(w, str) and Path(w).expanduser().is_file(),
+              f"metrics.inception_weights={w!r} is not a file (give the local pt_inception-2015-12-05 weights)")
+    c = m.get("clip_model")
+    if c is not None:
+        _need(isinstance(c, str) and c.strip() != "", f"metrics.clip_model={c!r} must be a path or a model name")
+        if _local_path_like(c):
+            _need(Path(c).expanduser().exists(), f"metrics.clip_model={c} does not exist (give a local CLIP folder)")
+
+
 METRIC_SETTINGS = ("fid", "kid", "prompt_accuracy", "clip_score", "feature", "reference", "resize", "antialias",
-                   "bootstrap", "ci", "kid_subset_size", "clip_model", "inception_weights")
+                   "bootstrap", "ci", "kid_subset_size", "clip_model", "inception_weights", "fid_inf_boot", "fid_inf_sizes",
+                   "kid_subsets", "kid_boot", "kid_reference_n", "converged")
 
 
 def expand(cfg: dict, backbone, skipped: list | None = None) -> list[dict]:
@@ -109,7 +286,8 @@ def _warm_up(bb, cfg: dict, ref: Reference, extractor) -> None:
         bb.conds([ref.prompts[i % len(ref.prompts)] for i in range(n)])
     if extractor is not None and ref.features is not None:
         m = cfg["metrics"]
-        fid_kid(ref.features[:8].clone(), ref, bootstrap=2, ci=m["ci"], kid_subset=4)
+        fid_kid(ref.features[:64].clone(), ref, bootstrap=2, ci=m["ci"], kid_subset=4, fid_inf_boot=2, kid_boot=2,
+                kid_subsets=2, kid_reference_n=64)
 
 
 def _reference(bb, cfg: dict, results_dir: Path, rank: int):
@@ -122,11 +300,12 @@ def _reference(bb, cfg: dict, results_dir: Path, rank: int):
         print(f"solverzoo: FID/KID skipped: {exc}", file=sys.stderr)
         extractor = None
     try:
-        ref = load_reference(bb, mcfg, extractor, cache_dir)
+        ref = load_reference(bb, mcfg, extractor, cache_dir, n_prompts=int(cfg["sweep"]["n_samples"]))
     except MetricUnavailable as exc:  # e.g. an empty reference folder: FID / KID skipped, stated in every row
         print(f"solverzoo: FID/KID skipped: {exc}", file=sys.stderr)
         extractor = None
-        ref = load_reference(bb, {**mcfg, "reference": {**mcfg["reference"], "kind": "world"}}, None, cache_dir)
+        ref = load_reference(bb, {**mcfg, "reference": {**mcfg["reference"], "kind": "world"}}, None, cache_dir,
+                             n_prompts=int(cfg["sweep"]["n_samples"]))
         ref.identity["skipped"] = str(exc)
     if rank == 0 and extractor is not None and ref.features is not None:
         write_floor(bb, cfg, ref, extractor, results_dir)
@@ -137,17 +316,45 @@ def _reference(bb, cfg: dict, results_dir: Path, rank: int):
 
 
 def _todo(cells: list[dict], results_dir: Path, cfg: dict) -> list[dict]:
-    """The cells without a finished record (failed ones too, unless ``retry_failed=false``)."""
-    rdir = records_dir(results_dir)
-    for stale in rdir.glob(".*.tmp") if rdir.is_dir() else []:
-        stale.unlink()  # a record being written when a previous run was killed: never a partial record
-    todo = []
+    """The cells without a finished, valid record (failed ones too, unless ``retry_failed=false``);
+    an ok record whose per-sample arrays (``features/``) are gone is recomputed too, saying so."""
+    rdir, fdir = records_dir(results_dir), Path(results_dir) / "features"
+    for d in (rdir, fdir):  # a killed run's leftovers (.HASH.PID.tmp): never a live writer's
+        for stale in d.glob(".*.tmp") if d.is_dir() else []:
+            if not _alive(stale.name.split(".")[-2]):
+                stale.unlink(missing_ok=True)
+    todo, lost = [], 0
     for c in cells:
         p = rdir / f"{config_hash(c)}.json"
         rec = read_record(p) if p.exists() else None
+        if rec is not None and rec["status"] == "ok" and _wrote_arrays(rec) and not (fdir / f"{rec['config_hash']}.safetensors").is_file():
+            lost += 1
+            rec = None
         if rec is None or (rec["status"] != "ok" and cfg.get("retry_failed", True)):
             todo.append(c)
+    if lost:
+        print(f"solverzoo: warning: {lost} finished cell(s) lost their per-sample arrays ({fdir}/HASH.safetensors, "
+              "needed for paired comparisons); recomputing them", file=sys.stderr)
     return todo
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()  # our own pid on a leftover: a dead process's, reused
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _wrote_arrays(rec: dict) -> bool:
+    """Whether the cell that made ``rec`` saved per-sample arrays (it does with features or prompt hits)."""
+    return _finite(rec.get("fid")) or _finite(rec.get("prompt_accuracy"))
 
 
 def _run_one(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: Path) -> dict:
@@ -166,14 +373,33 @@ def _label(cell: dict) -> str:
             f"seeds {cell['seed_set']}" + (f" cache {cell['cache']} {cell['cache_options']}" if "cache" in cell else ""))
 
 
-def run_sweep(cfg: dict) -> tuple[Path, Path]:
-    """Run the sweep ``cfg`` (the composed Hydra config as a dict); returns (table, report)."""
+def run_sweep(cfg: dict) -> tuple[Path, Path, list[str]]:
+    """Run the sweep ``cfg`` (the composed Hydra config as a dict); returns (table, report,
+    failures): ``failures`` one line per group of failed cells (empty when every cell ran)."""
+    validate_config(cfg)
+    results_dir = Path(cfg["results_dir"])
+    _, rank, _ = dist_info()
+    if rank != 0:  # rank 0 writes; the others only compute their share
+        return _run_sweep(cfg, results_dir, rank)
+    with ResultsLock(results_dir, shared=_multirun()) as lock:
+        return _run_sweep(cfg, results_dir, rank, lock)
+
+
+def _multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not under Hydra
+        return False
+
+
+def _run_sweep(cfg: dict, results_dir: Path, rank: int, lock=None) -> tuple[Path, Path, list[str]]:
     from tqdm import tqdm
 
     from solverzoo.bench.report import write_report
 
-    results_dir = Path(cfg["results_dir"])
-    _, rank, _ = dist_info()
     import torchmetrics.image.fid  # noqa: F401  one-off imports here, not inside the first timed cell
     import torchmetrics.image.kid  # noqa: F401,F811
     bb = load_backbone(cfg["backbone"]["name"], cfg["device"])
@@ -182,6 +408,8 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
     cells = expand(cfg, bb, skipped)
     for why in skipped:
         print(f"solverzoo: {why}", file=sys.stderr)
+    if not cells:
+        raise ConfigError("the sweep has no cells left to run (every one was skipped, see above)")
     extractor, ref = _reference(bb, cfg, results_dir, rank)
     _warm_up(bb, cfg, ref, extractor)
     todo = _todo(cells, results_dir, cfg)
@@ -201,7 +429,46 @@ def run_sweep(cfg: dict) -> tuple[Path, Path]:
         else:
             tqdm.write(f"  FAILED {_label(cell)}: {rec['error']}", file=sys.stderr)
     if rank != 0:
-        return results_dir, Path(cfg["report_dir"])
-    build_table(results_dir)
-    report = write_report(results_dir, cfg["report_dir"])
-    return results_dir / "results.parquet", report
+        return results_dir, Path(cfg["report_dir"]), []
+    if lock is not None:
+        lock.exclusive()
+    try:
+        build_table(results_dir, report_dir=cfg["report_dir"])
+        report = write_report(results_dir, cfg["report_dir"])
+    except Exception as exc:  # noqa: BLE001 - no stale table or report may look current
+        mark_stale(results_dir, f"{type(exc).__name__}: {exc}", cfg["report_dir"])
+        raise ResultsError(f"the records were written but the table / report could not be built: "
+                           f"{type(exc).__name__}: {exc} (old table and report index removed; see {results_dir}/STALE)") from exc
+    return results_dir / "results.parquet", report, failure_summary(cells, results_dir, cfg)
+
+
+def failure_summary(cells: list[dict], results_dir: Path, cfg: dict) -> list[str]:
+    """Lines saying how many of ``cells`` failed and why (grouped by error), and which metrics the
+    user asked for explicitly (``metrics.clip_model``) could not be computed; [] when all is well."""
+    rdir = records_dir(results_dir)
+    errors, metric_errors, missing = Counter(), Counter(), 0
+    for c in cells:
+        p = rdir / f"{config_hash(c)}.json"
+        rec = read_record(p, quiet=True) if p.exists() else None
+        if rec is None:
+            missing += 1
+            continue
+        if rec["status"] != "ok":
+            errors[(rec.get("error") or "unknown error").splitlines()[0][:300]] += 1
+        elif cfg["metrics"].get("clip_model") and cfg["metrics"].get("clip_score"):
+            for w in rec.get("warnings") or []:
+                if w.startswith("clip_score skipped:"):
+                    metric_errors[f"metrics.clip_model={cfg['metrics']['clip_model']}: {w}"[:300]] += 1
+    n_failed = sum(errors.values())
+    if not (n_failed or metric_errors or missing):
+        return []
+    lines = []
+    if n_failed:
+        lines.append(f"{n_failed} of {len(cells)} cells failed:")
+        lines += [f"  {k} x {err}" for err, k in errors.most_common()]
+    if missing:
+        lines.append(f"{missing} of {len(cells)} cells have no valid record")
+    if metric_errors:
+        lines.append(f"{sum(metric_errors.values())} of {len(cells)} cells could not compute a metric you asked for:")
+        lines += [f"  {k} x {err}" for err, k in metric_errors.most_common()]
+    return lines
