@@ -290,7 +290,7 @@ def test_sample_user_errors(tmp_path, monkeypatch, capsys, extra, fragment):
 
 
 def test_prompts_outside_a_worlds_vocabulary_are_warned_about(capsys):
-    from solverzoo.cli import _check_prompt
+    from solverzoo.cli_sample import _check_prompt
 
     _check_prompt("shapes-flow", "three yellow squares", "--prompt")
     err = capsys.readouterr().err

@@ -48,7 +48,7 @@ def user_errors() -> tuple:
 
     from solverzoo.bench.lock import ResultsLocked
     from solverzoo.bench.records import ResultsError
-    from solverzoo.bench.sweep import ConfigError
+    from solverzoo.bench.validate import ConfigError
     from solverzoo.models.weights import WeightsError
     from solverzoo.registry import PluginError, UnknownComponentError
 

@@ -1,0 +1,215 @@
+"""``solverzoo sample``: validate everything a user can get wrong before the backbone loads, then
+sample in fixed batches of :data:`SAMPLE_CHUNK` (sample i is bit-identical whatever ``--n``) and
+save an image grid."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+from solverzoo.cli_common import UsageError, parse_options, warn
+from solverzoo.registry import registry
+
+MAX_STEPS = 10_000  # `sample --steps` above this is refused (a typo far more often than a wish)
+
+
+MAX_GRID_PIXELS = 100_000_000  # `sample`: the PNG grid's pixel limit (n x upscaled image size)
+
+
+MAX_SCALE = 100.0  # `sample --scale` bound: far beyond any useful guidance strength
+
+
+SAMPLE_CHUNK = 8  # `sample`: sample i is always computed in the batch of samples 8*(i//8) .. 8*(i//8)+7
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+# what `sample` knows of the built-in backbones before loading them (a plugin's is checked after loading)
+_BUILTIN_IMAGE = {"shapes-flow": (3, 32, 32), "shapes-eps": (3, 32, 32), "digits": (1, 16, 16)}
+
+
+def _check_prompt(backbone: str, prompt: str, what: str) -> None:
+    """Refuse prompts a built-in backbone cannot take; warn about words outside a world's vocabulary."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid UTF-8 text ({prompt.encode('utf-8', 'surrogateescape')[:40]!r}); "
+                         "pass the prompt as UTF-8") from None
+    if backbone == "gmm":
+        raise UsageError(f"backbone gmm is conditioned on class labels (0, 1 or 2), not text like {prompt!r}, and samples "
+                         "4-D points, not images: `solverzoo sample` writes an image grid, so use an image backbone "
+                         "(shapes-flow, shapes-eps, digits) or benchmark gmm with `solverzoo bench backbone=gmm`")
+    if backbone == "digits":
+        from solverzoo.models.worlds.digits import digit_label
+
+        try:
+            digit_label(prompt)
+        except ValueError as exc:
+            raise UsageError(f"{what}: {exc}") from None
+    if backbone in ("shapes-flow", "shapes-eps"):
+        import re
+
+        from solverzoo.models.worlds import shapes as w
+
+        vocab = {t for tpl in w.SINGLE_TEMPLATES + w.PAIR_TEMPLATES for t in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", "", tpl))}
+        for words in (w.SHAPES, w.COLOUR_NAMES, w.SIZES, w.POSITIONS, *w.SYNONYMS.values()):
+            vocab |= {t for x in words for t in x.split()}
+        unknown = [t for t in re.findall(r"[a-z]+", prompt.lower()) if t not in vocab]
+        parsed = w.parse_caption(prompt)
+        if unknown or parsed["count"] == 0:
+            why = f"words outside its vocabulary: {', '.join(repr(u) for u in dict.fromkeys(unknown))}" if unknown else "no shape named"
+            warn(f"{what} {prompt!r} is outside the shapes world's grammar ({why}); the model was trained on captions "
+                  "like 'a large red circle at the top left' or 'a small blue square beside a green triangle' "
+                  "(1-2 objects; shapes circle/square/triangle; colours " + "/".join(w.COLOUR_NAMES) +
+                  "): expect an image that ignores what it does not know")
+
+
+def _check_out(out: str) -> None:
+
+    from solverzoo.bench.validate import ConfigError, check_output_dir
+
+    p = Path(out).expanduser()
+    if p.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file name such as {os.path.join(out, 'grid.png')}")
+    if p.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise UsageError(f"--out {out}: the file name needs an image extension ({', '.join(IMAGE_EXTENSIONS)}), e.g. grid.png")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UsageError(f"--out {out} exists and is not writable")
+    try:
+        check_output_dir(str(p.parent), f"--out {out}: folder")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def validate_sample(args) -> None:
+    """Every check of ``solverzoo sample`` that needs no backbone: runs before the (slow) load."""
+
+    from solverzoo.bench.validate import ConfigError, check_device
+
+    if args.backbone not in registry.names("backbone"):
+        registry.get("backbone", args.backbone)  # UnknownComponentError with close matches
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: the number of samples must be at least 1")
+    if not 0 <= args.seed <= 2**63 - 1 - args.n - SAMPLE_CHUNK:
+        raise UsageError(f"--seed {args.seed} is out of range: seeds are integers in [0, 2**63 - 1 - n - {SAMPLE_CHUNK}] "
+                         "(sample i uses seed + i)")
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise UsageError(f"--steps {args.steps} must lie in [1, {MAX_STEPS}]")
+    if not (math.isfinite(args.scale) and 0.0 <= args.scale <= MAX_SCALE):
+        raise UsageError(f"--scale {args.scale:g} must be a finite number in [0, {MAX_SCALE:g}]")
+    if args.negative_prompt is not None and args.guidance == "none":
+        raise UsageError("--negative-prompt needs guidance (e.g. --guidance cfg, or negative_prompt); with "
+                         "--guidance none it would be ignored")
+    registry.get("solver", args.solver)
+    if args.grid is not None:
+        registry.get("grid", args.grid)
+    if args.guidance != "none":
+        registry.get("guidance", args.guidance)(scale=args.scale)  # names and checks the scale
+    if args.cache is not None:
+        registry.get("cache", args.cache)
+    try:
+        check_device(args.device)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    _check_prompt(args.backbone, args.prompt, "--prompt")
+    if args.negative_prompt is not None:
+        _check_prompt(args.backbone, args.negative_prompt, "--negative-prompt")
+    if args.backbone in _BUILTIN_IMAGE:
+        _check_grid_pixels(args.n, _BUILTIN_IMAGE[args.backbone])
+    _check_out(args.out)
+
+
+def _check_grid_pixels(n: int, shape) -> None:
+    """Refuse an image grid (upscaled 4x, 2-pixel padding: as save_grid writes it) over MAX_GRID_PIXELS."""
+
+    _, h, w = shape
+    ncol = math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    px = (nrow * (h + 2) + 2) * (ncol * (w + 2) + 2) * 16
+    if px > MAX_GRID_PIXELS:
+        most = int((math.sqrt(MAX_GRID_PIXELS / 16) / (max(h, w) + 2)) ** 2)
+        raise UsageError(f"--n {n}: the image grid would have {px / 1e6:.0f} megapixels, over the limit of "
+                         f"{MAX_GRID_PIXELS / 1e6:.0f}; use --n {most} or fewer (and several seeds) instead")
+
+
+def cmd_sample(args) -> int:
+    import time
+
+    validate_sample(args)  # before the backbone load: bad input costs nothing
+    import torch
+
+    from solverzoo.backbone import load_backbone
+    from solverzoo.models.images import save_grid
+
+    t0 = time.perf_counter()
+    bb = load_backbone(args.backbone, args.device)
+    load_s = time.perf_counter() - t0
+    if len(bb.latent_shape) != 3:
+        raise UsageError(f"backbone {bb.name} samples {tuple(bb.latent_shape)}-shaped points, not images; "
+                         "`solverzoo sample` writes an image grid")
+    if args.backbone not in _BUILTIN_IMAGE:
+        with torch.no_grad():
+            _check_grid_pixels(args.n, tuple(bb.decode(torch.zeros((1,) + tuple(bb.latent_shape), device=args.device)).shape[1:]))
+    guidance = None if args.guidance == "none" else args.guidance
+    if args.negative_prompt is not None and guidance == "cfg":
+        guidance = "negative_prompt"
+    kw = dict(solver=args.solver, steps=args.steps, grid=args.grid, guidance=guidance, scale=args.scale, device=args.device,
+              solver_options=parse_options(args.option), grid_options=parse_options(args.grid_option),
+              cache=args.cache, cache_options=parse_options(args.cache_option), batch_size=SAMPLE_CHUNK)
+    images, nfe, evals, sampling_s = _sample_chunks(bb, args, kw)
+    path = save_grid(images, args.out)
+    print(f"wrote {path}: {args.n} samples of {args.prompt!r} from {bb.name}, solver {args.solver}, {args.steps} steps, "
+          f"guidance {guidance or 'none'}" + (f" scale {args.scale}" if guidance else ""))
+    print(f"NFE per sample: {nfe}; backbone evaluations {evals:.1f}; wall time {time.perf_counter() - t0:.2f} s "
+          f"(sampling {sampling_s:.2f} s; backbone load {load_s:.2f} s)")
+    return 0
+
+
+def _sample_chunks(bb, args, kw):
+    """Samples 0..n-1 in fixed batches of SAMPLE_CHUNK (sample i always in the batch of seeds
+    seed + 8*(i//8) ..., the last batch filled up with the samples that follow and dropped), so
+    sample i is bit-identical whatever --n; a progress bar over model calls, with an estimate."""
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from solverzoo.bench.generate import generate
+
+    n, k = args.n, SAMPLE_CHUNK
+    chunks = (n + k - 1) // k
+    calls = [0]
+    net = bb.model.net
+    guess = args.steps * registry.get("solver", args.solver).evals_per_step * chunks
+    bar = tqdm(total=guess, desc=f"sampling {n} x {args.steps} steps", unit="call", file=sys.stderr,
+               disable=None if chunks * args.steps < 200 else False, leave=False)
+
+    def counted(*a, **kk):
+        calls[0] += 1
+        bar.update(1)
+        return net(*a, **kk)
+    counted.__wrapped__ = net
+    images, nfe, evals, samp = [], 0, 0.0, 0.0
+    bb.model.net = counted
+    try:
+        t0 = time.perf_counter()
+        for j in range(chunks):
+            seeds = range(args.seed + j * k, args.seed + (j + 1) * k)
+            neg = [args.negative_prompt] * k if args.negative_prompt is not None else None
+            out = generate(bb, [args.prompt] * k, negative_prompts=neg, seeds=seeds, **kw)
+            take = min(k, n - j * k)
+            images.append(out.images[:take])
+            nfe, evals, samp = out.nfe, evals + out.backbone_evals * take / n, samp + out.sampling_s
+            if j == 0:
+                bar.total = calls[0] * chunks
+                bar.refresh()
+                if chunks > 1:
+                    est = (time.perf_counter() - t0) * (chunks - 1)
+                    print(f"solverzoo: {n} samples in {chunks} batches of {k}; about {est:.0f} s to go "
+                          f"(first batch {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+    finally:
+        bb.model.net = net
+        bar.close()
+    return torch.cat(images), nfe, evals, samp
