@@ -24,7 +24,8 @@ CFG = dict(in_channels=4, input_size=8, patch=2, hidden=128, depth=6, heads=4, m
 def _inputs(b, device, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     mk = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
-    return mk(b, 4, 8, 8), torch.rand(b, generator=g).to(device) * 1000, mk(b, 24, 384), torch.ones(b, 24, dtype=torch.bool, device=device), mk(b, 384)
+    return (mk(b, 4, 8, 8), torch.rand(b, generator=g).to(device) * 1000, mk(b, 24, 384),
+            torch.ones(b, 24, dtype=torch.bool, device=device), mk(b, 384))
 
 
 def one(batch: int, mode: str, device: str) -> dict:
@@ -48,7 +49,8 @@ def one(batch: int, mode: str, device: str) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / reps
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"batch": batch, "mode": mode, "device": device, "images_per_s": batch / dt, "ms_per_batch": dt * 1e3,
             "peak_mem_mib": peak, "peak_mem_kind": "cuda max allocated" if device == "cuda" else "process max RSS"}
 
@@ -68,7 +70,8 @@ def main():
         out = subprocess.run([sys.executable, __file__, "--one", str(b), m, d], capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{d:<5} {m:<8} batch {b:>3}: {r['images_per_s']:9.1f} images/s  {r['ms_per_batch']:8.2f} ms/batch  peak {r['peak_mem_mib']:.0f} MiB")
+        print(f"{d:<5} {m:<8} batch {b:>3}: {r['images_per_s']:9.1f} images/s  {r['ms_per_batch']:8.2f} ms/batch  "
+              f"peak {r['peak_mem_mib']:.0f} MiB")
     res = {"benchmark": "dit_throughput", "dit_config": CFG, "params": sum(p.numel() for p in DiT(**CFG).parameters()),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "rows": rows,

@@ -5,7 +5,8 @@ arithmetic, record writing). Target: at most 10%.
 This machine is shared and noisy, so the sweep runs ``--repeats`` times (each in a fresh
 process and results directory) and every figure is the median over the repeats.
 
-    .venv/bin/python benchmarks/harness_overhead.py [--backbone shapes-flow] [--repeats 3] [--out benchmarks/results/harness_overhead.json]
+    .venv/bin/python benchmarks/harness_overhead.py [--backbone shapes-flow] [--repeats 3] \
+[--out benchmarks/results/harness_overhead.json]
 """
 from __future__ import annotations
 

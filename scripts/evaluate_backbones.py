@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from solverzoo.models import weights
 from solverzoo.backbone import load_backbone
 from solverzoo.bench.generate import generate
+from solverzoo.models import weights
 from solverzoo.models.images import save_grid
 from solverzoo.models.nets.classifier import matches
 from solverzoo.models.train import model_card
@@ -67,7 +67,8 @@ def main():
         else:
             caps = captions
             with torch.no_grad():
-                real = float(np.mean([matches(parse_caption(c), p) for c, p in zip(captions, bb.classifier.predict(torch.from_numpy(imgs)))]))
+                real = float(np.mean([matches(parse_caption(c), p)
+                                      for c, p in zip(captions, bb.classifier.predict(torch.from_numpy(imgs)))]))
                 vae_rt = float(np.mean([matches(parse_caption(c), p) for c, p in zip(captions, bb.classifier.predict(
                     bb.decode(load_vae_latents(imgs))))]))
             res = {"n": args.n, "steps": args.steps, "solver": solver, "grid": bb.default_grid, "eval_world_seed": 909,
@@ -87,7 +88,8 @@ def main():
         if tp.exists() and bb.world.name == "shapes":  # the benchmark measures the shapes DiT architecture
             t = json.loads(tp.read_text())
             ev["throughput"] = {"command": t["command"], "threads": t["threads"], "gpu": t["gpu"],
-                                "rows": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in t["rows"]]}
+                                "rows": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
+                                         for r in t["rows"]]}
         path.with_suffix(".md").write_text(model_card(meta["config"], meta["record"], meta, evaluation=ev))
     Path("reports/backbones").mkdir(parents=True, exist_ok=True)
     (Path("reports/backbones") / "evaluation.json").write_text(json.dumps(results, indent=2))

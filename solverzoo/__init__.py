@@ -3,16 +3,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from solverzoo.hookspecs import hookimpl  # noqa: E402  (plugins import this first)
 from solverzoo.conditioning import Conditioner, branch_conds
-from solverzoo.timegrid import GridError, TimeGrid, time_grid, validate_grid
-from solverzoo.guidance import GuidedDenoiser, Guidance
+from solverzoo.guidance import Guidance, GuidedDenoiser
+from solverzoo.hookspecs import hookimpl  # noqa: E402  (plugins import this first)
 from solverzoo.model import Denoiser, Model, ModelDenoiser
 from solverzoo.noise import generators, randn, randn_like
 from solverzoo.prediction import Prediction
 from solverzoo.registry import PluginConflictError, PluginError, UnknownComponentError, registry
 from solverzoo.schedules import NoiseSchedule
 from solverzoo.solver import Solver
+from solverzoo.timegrid import GridError, TimeGrid, time_grid, validate_grid
 
 
 def get_solver(name: str) -> Solver:

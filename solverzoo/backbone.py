@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
@@ -163,7 +164,7 @@ class Backbone:
         return self.world
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_backbone(name: str, device: str = "cpu") -> Backbone:
     """The backbone registered as ``name`` (cached: loaded once per process and device)."""
     return registry.get("backbone", name)(device=device)

@@ -42,8 +42,9 @@ data synchronise once per call, by nature; a fixed-schedule cache (TaylorSeer) d
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -151,7 +152,7 @@ def _take(v, rows: Tensor, batch: int):
 class StackCall:
     """One pass through the block stack (one network call) under a cache policy."""
 
-    def __init__(self, session: "CacheSession", blocks: Sequence[nn.Module], args: tuple, kwargs: dict):
+    def __init__(self, session: CacheSession, blocks: Sequence[nn.Module], args: tuple, kwargs: dict):
         self.session, self.blocks, self.args, self.kwargs = session, blocks, args, kwargs
         self.spec = session.spec
         self.streams = self.spec.streams(args, kwargs)
@@ -249,7 +250,7 @@ class _Stack(nn.Module):
     """Stands in for the block ModuleList during a cached call: the network's loop sees one
     'block' that runs the whole stack under the policy."""
 
-    def __init__(self, session: "CacheSession", real: nn.ModuleList):
+    def __init__(self, session: CacheSession, real: nn.ModuleList):
         super().__init__()
         object.__setattr__(self, "_session", session)
         object.__setattr__(self, "_real", real)

@@ -7,151 +7,11 @@ import json
 import sys
 
 from solverzoo.bench.records import ResultsError
-from solverzoo.cli_common import UsageError, parse_options, warn
+from solverzoo.cli_common import UsageError, warn
+from solverzoo.cli_components import cmd_conformance, cmd_plugins, cmd_verify
 from solverzoo.cli_sample import cmd_sample
 from solverzoo.models.weights import WeightsError
-from solverzoo.registry import KINDS, PluginError, UnknownComponentError, registry
-
-
-def _component_rows() -> list[dict]:
-    rows = []
-    for e in registry.entries():
-        row = {"kind": e.kind, "name": e.name, "origin": e.origin, "plugin": e.plugin}
-        obj = e.obj
-        if e.kind == "solver":
-            row.update(order=obj.order, stochastic=obj.stochastic, evals_per_step=obj.evals_per_step,
-                       adaptive=obj.adaptive, options=obj.info()["options"], description=obj.description)
-        elif e.kind == "grid":
-            row.update(options=obj.info()["options"], description=obj.description)
-        elif e.kind == "cache":
-            info = obj().info()
-            row.update(options=info["options"], syncs_per_call=info["syncs_per_call"], description=info["description"])
-        else:
-            doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
-            row["description"] = doc[0] if doc else ""
-        rows.append(row)
-    for (kind, name), entries in sorted(registry.conflicts().items()):
-        rows.append({"kind": kind, "name": name, "origin": " | ".join(f"{x.plugin} ({x.origin})" for x in entries),
-                     "error": "name registered by more than one plugin"})
-    for f in registry.failures:
-        rows.append({"kind": "plugin", "name": f.plugin, "origin": f.origin, "error": f.error})
-    return rows
-
-
-def cmd_plugins(args) -> int:
-    rows = _component_rows()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    width = max(len(r["name"]) for r in rows) if rows else 4
-    for kind in KINDS + ("plugin",):
-        group = [r for r in rows if r["kind"] == kind]
-        if not group:
-            continue
-        print(f"{kind}s:" if kind != "plugin" else "failed plugins:")
-        for r in group:
-            extra = ""
-            if "error" in r:
-                extra = f"  ERROR: {r['error']}"
-            elif kind == "solver":
-                extra = f"  {'SDE' if r['stochastic'] else 'ODE'} order={r['order']} evals/step={r['evals_per_step']}"
-            print(f"  {r['name']:<{width}}  [{r['origin']}]{extra}  {r.get('description', '')}".rstrip())
-    return 0
-
-
-def _write_report(reports, out_dir: str, argv: list[str]) -> None:
-    """index.md + results.json comparing every solver on the testbed."""
-    import os
-    import platform
-
-    import torch
-
-    from solverzoo import __version__
-
-    os.makedirs(out_dir, exist_ok=True)
-    first = reports[0]
-    nfes = [r.nfe for r in first.rows]
-    lines = [
-        "# Solver accuracy on the Gaussian-mixture testbed", "",
-        f"Made by `solverzoo {' '.join(argv)}` with solverzoo {__version__}, torch {torch.__version__}, "
-        f"Python {platform.python_version()}.", "",
-        f"Testbed: exact {first.dim}-D Gaussian mixture (6 components, seed {first.seed}), {first.n_samples} samples "
-        f"of x_T drawn exactly from the marginal; schedule `{first.schedule}`; grid `{first.grid}` ending at t_min; "
-        f"`{first.prediction}` model. Reference: scipy DOP853 on the same PF-ODE (rtol = atol = 1e-11).", "",
-        "Median endpoint error (RMS over dimensions) per NFE; empirical order is minus the slope of log error on "
-        "log NFE over the upper half of the ladder. Stochastic solvers are compared by sliced Wasserstein "
-        "distance to exact samples instead (their endpoint error against the ODE does not converge).", "",
-        "| solver | declared order | empirical order | " + " | ".join(f"NFE {n}" for n in nfes) + " | mode flips (lowest NFE) |",
-        "|---|---|---|" + "---|" * len(nfes) + "---|",
-    ]
-    for r in reports:
-        if r.stochastic:
-            cells = [f"SW {row.sliced_wasserstein:.3f}" for row in r.rows]
-            emp = "n/a (SDE)"
-        else:
-            cells = [f"{row.median_error:.2e}" for row in r.rows]
-            emp = f"{r.empirical_order:.2f}" if r.empirical_order is not None else "n/a"
-        lines.append(f"| {r.solver} | {r.declared_order} | {emp} | " + " | ".join(cells) + f" | {r.rows[0].mode_flip_rate:.3f} |")
-    with open(os.path.join(out_dir, "index.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    with open(os.path.join(out_dir, "results.json"), "w") as fh:
-        json.dump({"command": "solverzoo " + " ".join(argv), "reports": [r.to_dict() for r in reports]}, fh, indent=2)
-    print(f"wrote {os.path.join(out_dir, 'index.md')}")
-
-
-def cmd_verify(args) -> int:
-    from solverzoo.testing.verify import verify
-
-    if args.all == (args.solver is not None):
-        raise ValueError("name one SOLVER, or pass --all to verify every registered solver")
-    nfes = tuple(int(x) for x in args.nfes.split(",")) if args.nfes else None
-    kwargs = dict(schedule=args.schedule, grid=args.grid, prediction=args.prediction, n=args.n, dim=args.dim,
-                  seed=args.seed, options=parse_options(args.option), schedule_options=parse_options(args.schedule_option))
-    if nfes:
-        kwargs["nfes"] = nfes
-    if args.all:
-        names = [n for n in registry.names("solver") if not registry.get("solver", n).adaptive]
-        reports = []
-        for name in names:
-            reports.append(verify(name, **{**kwargs, "options": {}}))
-            r = reports[-1]
-            emp = "n/a" if r.empirical_order is None else f"{r.empirical_order:.2f}"
-            print(f"{name:<16} declared {r.declared_order}  empirical {emp:>5}  median error at NFE {r.rows[-1].nfe}: "
-                  f"{r.rows[-1].median_error:.2e}", flush=True)
-        if args.out:
-            _write_report(reports, args.out, ["verify", *args.argv])
-        if args.json:
-            print(json.dumps([r.to_dict() for r in reports], indent=2))
-        return 0
-    rep = verify(args.solver, **kwargs)
-    if args.json:
-        print(json.dumps(rep.to_dict(), indent=2))
-        return 0
-    emp = "n/a" if rep.empirical_order is None else f"{rep.empirical_order:.2f}"
-    print(f"solver {rep.solver}: declared order {rep.declared_order}, empirical order {emp}")
-    print(f"testbed: Gaussian mixture, dim {rep.dim}, {rep.n_samples} samples, seed {rep.seed}; schedule {rep.schedule}; "
-          f"grid {rep.grid}; {rep.prediction} model; reference scipy DOP853 (rtol 1e-11)")
-    head = f"{'NFE':>6} {'steps':>6} {'median error':>13} {'mode flips':>11}"
-    print(head + (f" {'sliced W1':>10}" if rep.stochastic else ""))
-    for r in rep.rows:
-        line = f"{r.nfe:>6} {r.steps:>6} {r.median_error:>13.3e} {r.mode_flip_rate:>11.3f}"
-        print(line + (f" {r.sliced_wasserstein:>10.4f}" if rep.stochastic else ""))
-    if rep.note:
-        print(f"note: {rep.note}")
-    return 0
-
-
-def cmd_conformance(args) -> int:
-    """Run the packaged conformance checks on each named solver or grid; 0 iff all pass."""
-    from solverzoo.testing import applicable_checks, run_conformance
-
-    for name in args.names:  # unknown names fail before anything runs
-        applicable_checks(name)
-    results = []
-    for name in args.names:
-        results.append(run_conformance(name))
-        print(results[-1].summary(), flush=True)
-    return 0 if all(r.ok for r in results) else 1
+from solverzoo.registry import PluginError, UnknownComponentError
 
 
 def cmd_train(args) -> int:
@@ -201,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(same machine, torch build and thread count)")
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--option", "-o", action="append", metavar="NAME=VALUE", help="solver option, repeatable")
-    sp.add_argument("--grid-option", action="append", metavar="NAME=VALUE", help="grid option, repeatable (e.g. key=... for --grid optimised)")
+    sp.add_argument("--grid-option", action="append", metavar="NAME=VALUE",
+                    help="grid option, repeatable (e.g. key=... for --grid optimised)")
     sp.add_argument("--cache", default=None, help="a registered cache (teacache, first_block, taylorseer)")
-    sp.add_argument("--cache-option", action="append", metavar="NAME=VALUE", help="cache option, repeatable (e.g. threshold=0.05)")
+    sp.add_argument("--cache-option", action="append", metavar="NAME=VALUE",
+                    help="cache option, repeatable (e.g. threshold=0.05)")
     sp.add_argument("--out", default="grid.png")
     sp.set_defaults(fn=cmd_sample)
     sub.add_parser("bench", help="run a benchmark sweep (Hydra app: solverzoo bench [overrides] [-m] [--fail-fast] "
@@ -212,13 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("results", help="a results_dir written by `solverzoo bench`")
     rp.add_argument("--out", default=None, help="output folder (default: RESULTS/report)")
     rp.set_defaults(fn=cmd_report)
-    og = sub.add_parser("optimise-grid", help="optimise a time grid for one backbone, solver and step count(s) and save it by key")
+    og = sub.add_parser("optimise-grid",
+                        help="optimise a time grid for one backbone, solver and step count(s) and save it by key")
     og.add_argument("--backbone", required=True)
     og.add_argument("--solver", required=True, help="a deterministic fixed-step solver, e.g. dpmpp_2m")
     og.add_argument("--steps", type=int, nargs="+", required=True)
     og.add_argument("--guidance", default="none", help="guidance the grid is for (none, cfg, ...)")
     og.add_argument("--scale", type=float, default=1.0)
-    og.add_argument("--base-grid", default="auto", help="starting grid: auto (best built-in on the calibration set), default, or a name")
+    og.add_argument("--base-grid", default="auto",
+                    help="starting grid: auto (best built-in on the calibration set), default, or a name")
     og.add_argument("--n", type=int, default=256, help="calibration samples (own seeds and prompts, never the harness's)")
     og.add_argument("--max-evals", type=int, default=300, help="objective evaluations per step count")
     og.add_argument("--key", default=None, help="name to save under (default BACKBONE-SOLVER-GUIDANCE)")

@@ -59,7 +59,8 @@ def _check_prompt(backbone: str, prompt: str, what: str) -> None:
         unknown = [t for t in re.findall(r"[a-z]+", prompt.lower()) if t not in vocab]
         parsed = w.parse_caption(prompt)
         if unknown or parsed["count"] == 0:
-            why = f"words outside its vocabulary: {', '.join(repr(u) for u in dict.fromkeys(unknown))}" if unknown else "no shape named"
+            why = (f"words outside its vocabulary: {', '.join(repr(u) for u in dict.fromkeys(unknown))}" if unknown
+                   else "no shape named")
             warn(f"{what} {prompt!r} is outside the shapes world's grammar ({why}); the model was trained on captions "
                   "like 'a large red circle at the top left' or 'a small blue square beside a green triangle' "
                   "(1-2 objects; shapes circle/square/triangle; colours " + "/".join(w.COLOUR_NAMES) +

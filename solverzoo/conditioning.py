@@ -1,7 +1,8 @@
 """Conditioners: prompts or labels in, conditioning tensors out."""
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from solverzoo.model import Cond
 

@@ -37,8 +37,8 @@ contract with ``solverzoo conformance NAME`` (or :mod:`solverzoo.testing`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -3,7 +3,7 @@ device and of which other solvers ran. Noise is drawn in float32 on the generato
 and then moved, so CPU-seeded noise is identical on every device and dtype."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

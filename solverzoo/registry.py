@@ -126,7 +126,7 @@ class Registry:
                 unique.append((origin, name, ep))
         return unique
 
-    def load(self) -> "Registry":
+    def load(self) -> Registry:
         """Discover and register every plugin (once): entry points first, in sorted order, then
         in-process plugins in the order they were added."""
         if self._loaded:

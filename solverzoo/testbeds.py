@@ -3,9 +3,9 @@ the ideal model output in every parametrisation at every noise level, so solver 
 measured against a high-precision solve of the *true* probability-flow ODE."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -45,7 +45,7 @@ class GaussianMixture:
             raise ValueError("component stds must be positive")
 
     @classmethod
-    def default(cls, dim: int = 4, components: int = 6, classes: int = 3, seed: int = 0) -> "GaussianMixture":
+    def default(cls, dim: int = 4, components: int = 6, classes: int = 3, seed: int = 0) -> GaussianMixture:
         """A reproducible mixture: means ~ N(0, 1.5^2 I), stds in [0.15, 0.5], uneven weights."""
         g = torch.Generator().manual_seed(seed)
         means = 1.5 * torch.randn(components, dim, generator=g, dtype=torch.float64)
@@ -128,7 +128,7 @@ class GaussianMixture:
 
         return Model(net, prediction, schedule, time_input="t")
 
-    def conditioner(self) -> "LabelConditioner":
+    def conditioner(self) -> LabelConditioner:
         return LabelConditioner(self.num_classes)
 
 

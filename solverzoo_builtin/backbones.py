@@ -5,16 +5,15 @@ a pixel-space DiT on scikit-learn's digits, and the analytic Gaussian mixture. E
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from solverzoo import Model, hookimpl, registry, schedule_from_spec
-from solverzoo import seeds
-from solverzoo.models import weights
+from solverzoo import Model, hookimpl, registry, schedule_from_spec, seeds
 from solverzoo.backbone import Backbone, Features, World
+from solverzoo.models import weights
 from solverzoo.models.nets import VAE, AttributeClassifier, DiT
 
 

@@ -19,13 +19,15 @@ _FINALS = ("zero", "none")
 
 def _check_final(final: str) -> None:
     if final not in _FINALS:
-        raise GridError(f"final must be one of {_FINALS}: 'zero' ends with a step to sigma = 0, 'none' ends at the last noise level")
+        raise GridError(f"final must be one of {_FINALS}: 'zero' ends with a step to sigma = 0, "
+                        "'none' ends at the last noise level")
 
 
 def _from_indices(schedule, idx, name: str) -> torch.Tensor:
     idx = np.asarray(idx, dtype=np.float64).tolist() if isinstance(idx, np.ndarray) else [float(i) for i in idx]
     if len(set(idx)) != len(idx):  # (np.unique's sort costs more on a short grid)
-        raise GridError(f"{name}: {len(idx)} steps do not fit on a {schedule.train_steps}-step schedule without repeating a timestep; use fewer steps")
+        raise GridError(f"{name}: {len(idx)} steps do not fit on a {schedule.train_steps}-step schedule "
+                        "without repeating a timestep; use fewer steps")
     idx.append(-1.0)  # final step to clean data
     return schedule.index_to_t(torch.tensor(idx, dtype=torch.float64))
 
@@ -92,7 +94,8 @@ def logsnr(schedule, steps, *, sigma_min: float | None = None, sigma_max: float 
     _check_final(final)
     smin, smax = _sigma_range(schedule, sigma_min, sigma_max)
     n = steps if final == "zero" else steps + 1
-    lam = torch.linspace(-np.log(smax), -np.log(smin), n, dtype=torch.float64) if n > 1 else torch.tensor([-np.log(smax)], dtype=torch.float64)
+    lam = (torch.linspace(-np.log(smax), -np.log(smin), n, dtype=torch.float64) if n > 1
+           else torch.tensor([-np.log(smax)], dtype=torch.float64))
     t = schedule.t_of_lam(lam)
     t[0] = min(float(t[0]), schedule.t_max)
     return _finish(schedule, t, final)

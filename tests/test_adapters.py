@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional test dependency (pip install 'solverzoo[test]'); this module wraps diffusers models")
+diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional test dependency (pip install 'solverzoo[test]'); "
+                                "this module wraps diffusers models")
 
 import solverzoo as sz  # noqa: E402
 from solverzoo.models.adapters import DiffusersVAE, diffusers_model, schedule_from_config  # noqa: E402
@@ -14,7 +15,8 @@ def _tiny_unet():
     torch.manual_seed(0)
     return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
                                  block_out_channels=(8, 16), norm_num_groups=4,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
 
 
 @pytest.mark.parametrize("steps", [5, 12])
@@ -84,7 +86,8 @@ def test_wrapped_unet2d_condition_and_vae():
                         sz.get_grid("trailing")(model.schedule, 5)).x
     assert torch.isfinite(out).all()
     vae = DiffusersVAE(diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                                               down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                               down_block_types=("DownEncoderBlock2D",) * 2,
+                                               up_block_types=("UpDecoderBlock2D",) * 2,
                                                norm_num_groups=4, layers_per_block=1).eval())
     z = vae.to_latent(torch.rand(1, 3, 16, 16) * 2 - 1)
     assert z.shape == (1, 4, 8, 8) and vae.from_latent(z).shape == (1, 3, 16, 16)
@@ -127,6 +130,7 @@ def test_wrapped_flux_transformer_samples_packed_latents():
 
 def test_text_conditioner_wraps_t5_and_clip_text_encoders(tmp_path):
     import transformers  # a required dependency of solverzoo: missing, it must fail, not skip
+
     from solverzoo.models.conditioners import TextConditioner, minilm_path
 
     tok = transformers.AutoTokenizer.from_pretrained(minilm_path())  # any tokenizer works for a random model

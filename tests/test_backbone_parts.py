@@ -29,7 +29,8 @@ def test_parse_caption_free_form():
     p = parse_caption("a small blue square beside a green triangle")
     assert p["count"] == 2 and [o["shape"] for o in p["objects"]] == ["square", "triangle"]
     assert [o["colour"] for o in p["objects"]] == ["blue", "green"]
-    assert parse_caption("a large red disc at the top left")["objects"] == [{"colour": "red", "shape": "circle", "position": "top left"}]
+    assert parse_caption("a large red disc at the top left")["objects"] == [
+        {"colour": "red", "shape": "circle", "position": "top left"}]
 
 
 def test_digits_world():
@@ -54,7 +55,8 @@ def test_dit_adaln_zero_starts_at_zero_and_respects_conditioning():
     m[:, 3:] = False
     tokens3 = args[1].clone()
     tokens3[:, 4] += 5.0
-    torch.testing.assert_close(net(x, args[0], args[1], m, args[3]), net(x, args[0], tokens3, m, args[3]))  # masked tokens ignored
+    # masked tokens ignored
+    torch.testing.assert_close(net(x, args[0], args[1], m, args[3]), net(x, args[0], tokens3, m, args[3]))
 
 
 def test_vae_shapes_and_scaling():

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import solverzoo as sz
-from solverzoo.models.adapters import diffusers_model
 from solverzoo.caching import CacheError, StackSpec, estimate_flops, find_stack
+from solverzoo.models.adapters import diffusers_model
 from solverzoo.models.nets import DiT
 from solverzoo_builtin.caches import TaylorSeer
 
@@ -125,7 +125,8 @@ def test_caches_drive_diffusers_transformers(cache):
     g = torch.Generator().manual_seed(1)
     cases = [
         (diffusers_model(sd3, diffusers.FlowMatchEulerDiscreteScheduler().config),
-         {"encoder_hidden_states": torch.randn(2, 5, 16, generator=g), "pooled_projections": torch.randn(2, 8, generator=g)}, "flow_shift"),
+         {"encoder_hidden_states": torch.randn(2, 5, 16, generator=g), "pooled_projections": torch.randn(2, 8, generator=g)},
+         "flow_shift"),
         (diffusers_model(dit, diffusers.DDIMScheduler().config), {"class_labels": torch.tensor([1, 2])}, "trailing"),
     ]
     for model, cond, grid_name in cases:
@@ -146,7 +147,8 @@ def test_flop_estimate_splits_blocks_from_the_rest():
     assert f["depth"] == 4 and 0 < 4 * f["block"] < f["full"]
     # one block: q, kv, out of self- and cross-attention, the MLP and the modulation (+ the attention products)
     h, n, L = 32, 16, 5
-    lin = 2 * n * (h * h + h * 2 * h + h * h) + 2 * n * h * h + 2 * L * h * 2 * h + 2 * n * h * h + 2 * n * (h * 4 * h) * 2 + 2 * h * 9 * h
+    lin = (2 * n * (h * h + h * 2 * h + h * h) + 2 * n * h * h + 2 * L * h * 2 * h + 2 * n * h * h + 2 * n * (h * 4 * h) * 2
+           + 2 * h * 9 * h)
     att = 2 * (2 * n * n * h) + 2 * (2 * n * L * h)
     # torch's counter sees the linear layers; whether it counts the fused attention kernel depends on the backend
     assert f["block"] in (lin, lin + att)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import solverzoo as sz
-from solverzoo.testing.verify import verify
 from solverzoo.testing import conformance as cf
+from solverzoo.testing.verify import verify
 
 from .conftest import all_solvers, ode_solvers
 

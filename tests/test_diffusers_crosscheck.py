@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional test dependency (pip install 'solverzoo[test]'); this module compares solverzoo with diffusers' schedulers")
+diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional test dependency (pip install 'solverzoo[test]'); "
+                                "this module compares solverzoo with diffusers' schedulers")
 
 import solverzoo as sz  # noqa: E402
 
@@ -191,6 +192,7 @@ def test_schedule_alphas_match_diffusers(beta_schedule, rescale):
                            **({"beta_start": 0.00085, "beta_end": 0.012} if beta_schedule == "scaled_linear" else {}),
                            rescale_zero_terminal_snr=rescale)
     if beta_schedule == "scaled_linear":
-        ds = diffusers.DDPMScheduler(beta_schedule=beta_schedule, beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=rescale)
+        ds = diffusers.DDPMScheduler(beta_schedule=beta_schedule, beta_start=0.00085, beta_end=0.012,
+                                     rescale_betas_zero_snr=rescale)
     ab = ours.alpha(torch.arange(1000, dtype=torch.float64)) ** 2
     np.testing.assert_allclose(ab.numpy(), ds.alphas_cumprod.double().numpy(), rtol=2e-5, atol=1e-7)

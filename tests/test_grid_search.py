@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import solverzoo as sz
-from solverzoo.timegrid import GridError
 from solverzoo.bench.grid_optimiser import _theta, _times, optimise_grid
+from solverzoo.timegrid import GridError
 
 
 def test_parametrisation_round_trips_any_decreasing_grid():

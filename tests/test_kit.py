@@ -5,8 +5,8 @@ import pytest
 
 import solverzoo as sz
 import solverzoo.kit as kit
-from solverzoo.testing.verify import verify
 from solverzoo.kit import RungeKutta, TableauError
+from solverzoo.testing.verify import verify
 
 
 def test_all_names_exist_and_are_documented():

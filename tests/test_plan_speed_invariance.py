@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import solverzoo as sz
-from solverzoo.kit import (EULER_TABLEAU, Table, alpha_sigma_at, frame_coords, frame_time, resolve_frame, table)
+from solverzoo.kit import EULER_TABLEAU, Table, alpha_sigma_at, frame_coords, frame_time, resolve_frame, table
 from solverzoo.schedules import NoiseSchedule
 
 SCHEDULES = [("ddpm", {}), ("ddpm", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}),
@@ -65,7 +65,8 @@ def test_table_and_points_match_scalar_reference(sname, skw, steps):
         assert repr(fast.lam) == repr(ref.lam)
         ts = [float(v) for v in torch.linspace(sched.t_zero, sched.t_max, 97, dtype=torch.float64)] + fast.t
         assert sched._alpha_sigma_points(ts) == NoiseSchedule._alpha_sigma_points(sched, ts)
-        sv = [v for v in (10.0 ** np.linspace(-4, 3, 113)).tolist()] + [s / a for a, s in zip(fast.alpha, fast.sigma) if a > 0 and s > 0]
+        sv = [v for v in (10.0 ** np.linspace(-4, 3, 113)).tolist()] + [s / a for a, s in zip(fast.alpha, fast.sigma)
+                                                                         if a > 0 and s > 0]
         assert sched._t_of_sigma_ve_points(sv) == NoiseSchedule._t_of_sigma_ve_points(sched, sv)
 
 

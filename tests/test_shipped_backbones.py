@@ -42,7 +42,8 @@ def test_generation_is_seeded_and_batch_independent(bb):
 
 def test_sample_cli_writes_a_grid(tmp_path):
     out = subprocess.run([sys.executable, "-m", "solverzoo.cli", "sample", "--prompt", "a large yellow square at the center",
-                          "--steps", "8", "--n", "4", "--out", str(tmp_path / "g.png")], capture_output=True, text=True, timeout=300)
+                          "--steps", "8", "--n", "4", "--out", str(tmp_path / "g.png")],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "g.png").stat().st_size > 0 and "NFE per sample: 16" in out.stdout and "wall time" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "solverzoo.cli", "sample", "--backbone", "shapes-xl", "--prompt", "x"],

@@ -18,15 +18,16 @@ the objective before and after, the calibration set and versions) and served by 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from solverzoo.saved_grids import save, schedule_signature
 from solverzoo.seeds import CALIBRATION_SEED, calibration_seeds
-from solverzoo.timegrid import GridError, validate_grid
+from solverzoo.timegrid import GridError
+
 BUILTIN_CANDIDATES = ("karras", "logsnr", "flow_shift", "linspace", "trailing", "leading")
 
 
@@ -190,6 +191,7 @@ def optimise_grid(backbone: str, solver: str, steps: Sequence[int], *, guidance:
             f"{r['seconds']} s")
     data["versions"] = {"solverzoo": __version__, "torch": torch.__version__}
     data["command"] = (f"solverzoo optimise-grid --backbone {backbone} --solver {solver} --steps {' '.join(map(str, steps))} "
-                       f"--guidance {guidance or 'none'} --scale {scale:g} --n {n} --max-evals {max_evals} --space {space} --key {key}")
+                       f"--guidance {guidance or 'none'} --scale {scale:g} --n {n} --max-evals {max_evals} "
+                       f"--space {space} --key {key}")
     path = save(data, out_dir or (Path.home() / ".cache" / "solverzoo" / "grids"))
     return path, data

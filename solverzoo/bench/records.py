@@ -220,7 +220,8 @@ def _table(results_dir: str | Path):
     df["flops_per_sample"] = pd.to_numeric(df["flops_per_sample"], errors="coerce")
     for c in ("fid", "fid_ci_low", "fid_ci_high", "kid", "clip_score", "prompt_accuracy", "wall_s", "scale", *extras):
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    return df.sort_values(["backbone", "solver", "grid", "cache", "guidance", "scale", "steps", "seed_set"]).reset_index(drop=True)
+    return df.sort_values(
+        ["backbone", "solver", "grid", "cache", "guidance", "scale", "steps", "seed_set"]).reset_index(drop=True)
 
 
 def arrays_to_numpy(arrays: dict) -> dict:

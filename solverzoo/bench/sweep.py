@@ -168,7 +168,8 @@ def _todo(cells: list[dict], results_dir: Path, cfg: dict) -> list[dict]:
     for c in cells:
         p = rdir / f"{config_hash(c)}.json"
         rec = read_record(p) if p.exists() else None
-        if rec is not None and rec["status"] == "ok" and _wrote_arrays(rec) and not (fdir / f"{rec['config_hash']}.safetensors").is_file():
+        if (rec is not None and rec["status"] == "ok" and _wrote_arrays(rec)
+                and not (fdir / f"{rec['config_hash']}.safetensors").is_file()):
             lost += 1
             rec = None
         if rec is None or (rec["status"] != "ok" and cfg.get("retry_failed", True)):

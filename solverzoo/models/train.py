@@ -66,10 +66,13 @@ def train_vae(cfg: dict, out_dir=None) -> dict:
 
 def _targets(attrs: list[dict]) -> dict[str, torch.Tensor]:
     count = torch.tensor([a["count"] - 1 for a in attrs])
-    single = torch.tensor([obj_index(a["objects"][0]["shape"], a["objects"][0]["colour"]) if a["count"] == 1 else -100 for a in attrs])
+    single = torch.tensor([obj_index(a["objects"][0]["shape"], a["objects"][0]["colour"]) if a["count"] == 1 else -100
+                           for a in attrs])
     pos = torch.tensor([POSITIONS.index(a["objects"][0]["position"]) if a["count"] == 1 else -100 for a in attrs])
-    left = torch.tensor([obj_index(a["objects"][0]["shape"], a["objects"][0]["colour"]) if a["count"] == 2 else -100 for a in attrs])
-    right = torch.tensor([obj_index(a["objects"][1]["shape"], a["objects"][1]["colour"]) if a["count"] == 2 else -100 for a in attrs])
+    left = torch.tensor([obj_index(a["objects"][0]["shape"], a["objects"][0]["colour"]) if a["count"] == 2 else -100
+                         for a in attrs])
+    right = torch.tensor([obj_index(a["objects"][1]["shape"], a["objects"][1]["colour"]) if a["count"] == 2 else -100
+                          for a in attrs])
     return {"count": count, "single": single, "position": pos, "left": left, "right": right}
 
 
@@ -143,8 +146,8 @@ def _optimise(net, ema, opt, loss, step: int, cfg: dict) -> None:
 
 def train_dit(cfg: dict, out_dir=None) -> dict:
     from solverzoo import schedule_from_spec
-    from solverzoo.models.conditioners import minilm
     from solverzoo.model import TIME_INPUTS
+    from solverzoo.models.conditioners import minilm
 
     torch.manual_seed(cfg["seed"])
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -310,7 +313,8 @@ TRAINERS = {"clip": train_clip, "vae": train_vae, "classifier": train_classifier
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> dict:
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module(config_module="solverzoo.models.configs", version_base=None):

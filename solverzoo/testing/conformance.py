@@ -11,8 +11,8 @@ from __future__ import annotations
 import difflib
 import functools
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -36,7 +36,7 @@ _PREDICTIONS = ("epsilon", "x0", "v", "velocity")
 
 
 # -- helpers ------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gmm() -> GaussianMixture:
     return GaussianMixture.default(dim=4, seed=0)
 

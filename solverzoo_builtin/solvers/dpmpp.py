@@ -21,7 +21,8 @@ def _coefficients(tab, i: int, p: int, sde_eta: float = 0.0, d2_weight: float = 
     s0, a1, s1 = float(tab.sigma[i]), float(tab.alpha[i + 1]), float(tab.sigma[i + 1])
     emh = tab.emh(i)  # exp(-h), 0 for a step to sigma = 0
     if sde_eta > 0:  # SDE variant: exp(-h) -> exp(-(1 + eta) h), noise sigma' sqrt(1 - exp(-2 eta h))
-        a, c0, std = s1 / s0 * emh ** sde_eta, a1 * (1.0 - emh ** (1.0 + sde_eta)), s1 * math.sqrt(max(1.0 - emh ** (2 * sde_eta), 0.0))
+        a, c0, std = (s1 / s0 * emh ** sde_eta, a1 * (1.0 - emh ** (1.0 + sde_eta)),
+                      s1 * math.sqrt(max(1.0 - emh ** (2 * sde_eta), 0.0)))
     else:
         a, c0, std = s1 / s0, a1 * (1.0 - emh), 0.0
     if p == 1:

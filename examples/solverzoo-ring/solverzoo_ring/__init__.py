@@ -6,7 +6,7 @@ and its own prompt scorer (the nearest mode is the prompted one). No training, n
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -4,7 +4,7 @@ features for FID and its prediction for prompt accuracy."""
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

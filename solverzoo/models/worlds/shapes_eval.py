@@ -3,7 +3,7 @@ captions and images drawn from :class:`ShapesWorld`, the attribute classifier's 
 FID and its GenEval-style prompt check, the small CLIP trained here for CLIP score."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
