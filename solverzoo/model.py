@@ -104,17 +104,20 @@ class Model:
         (in ``dtype``) so the sampling loop stays one graph.
         """
         if not torch.compiler.is_compiling() and (isinstance(t, float) or t.device.type == "cpu"):
-            key = float(t)
-            consts = self._consts.get(key)
-            if consts is None:
-                consts = self._constants(torch.tensor(key, dtype=torch.float64))
-                if len(self._consts) > 65536:
-                    self._consts.clear()
-                self._consts[key] = consts
-            return consts
+            return self._host_constants(float(t))
         time_raw, coefs, (a, s) = self._constants(torch.as_tensor(t, dtype=torch.float64), as_float=False)
         cast = lambda c: c.to(dtype) if isinstance(c, Tensor) else c  # noqa: E731
         return time_raw, tuple(cast(c) for c in coefs), (cast(a), cast(s))
+
+    def _host_constants(self, key: float):
+        """:meth:`constants` at the host time ``key``, as Python floats (memoised)."""
+        consts = self._consts.get(key)
+        if consts is None:
+            consts = self._constants(torch.tensor(key, dtype=torch.float64))
+            if len(self._consts) > 65536:
+                self._consts.clear()
+            self._consts[key] = consts
+        return consts
 
     def _constants(self, t: Tensor, as_float: bool = True):
         a, s = self.schedule.alpha_sigma(t)

@@ -47,7 +47,8 @@ class Prediction:
     @classmethod
     def affine(cls, x: Tensor, out: Tensor, x0_x, x0_out, eps_x, eps_out) -> "Prediction":
         """``x0 = x0_x * x + x0_out * out`` and ``eps = eps_x * x + eps_out * out``."""
-        p = cls()
+        p = object.__new__(cls)
+        p._x0 = p._eps = None
         p._x, p._out, p._c = x, out, (x0_x, x0_out, eps_x, eps_out)
         return p
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from solverzoo.timegrid import validate_grid
-from solverzoo.model import Denoiser
+from solverzoo.model import Denoiser, Model, ModelDenoiser
 from solverzoo.noise import Generators, randn
 from solverzoo.prediction import Prediction
 from solverzoo.registry import registry
@@ -55,9 +55,16 @@ class _Watch:
     at the first call, the starting state; later states come from finite model outputs through
     the solver, whose own non-finite results the final check reports. Other predictions (guided,
     tensor coefficients under ``torch.compile``) are probed through ``x0 + eps``.
+
+    A plain :meth:`Model.denoiser() <solverzoo.model.Model.denoiser>` is called through a fast
+    path that does what :meth:`Model.predict <solverzoo.model.Model.predict>` does with less
+    work per call: the network's time input (a ``(B,)`` tensor), the conversion coefficients
+    and their finiteness are made once per distinct time *of this sampling call* (a memo that
+    lives and dies with the watch, so nothing carries over between calls of :func:`sample`).
     """
 
-    __slots__ = ("calls", "check", "evals_per_call", "first_bad_host", "inner", "probes", "schedule", "times")
+    __slots__ = ("calls", "check", "evals_per_call", "first_bad_host", "inner", "probes", "schedule", "times",
+                 "_cond", "_memo", "_model", "_net")
 
     def __init__(self, inner: Denoiser, check: bool = True):
         self.inner = inner
@@ -68,8 +75,19 @@ class _Watch:
         self.probes: list[Tensor] = []  # one 0-d device tensor per call, finite iff that prediction is
         self.times: list = []  # the time of each call, as the solver passed it
         self.first_bad_host: int | None = None  # first call whose conversion coefficients are not finite
+        # the fast path: a Model's own denoiser (not a subclass that could change predict), eager mode
+        model = getattr(inner, "model", None)
+        fast = (type(inner) is ModelDenoiser and type(model) is Model and "predict" not in vars(model)
+                and not torch.compiler.is_compiling())
+        self._memo: dict | None = {} if fast else None  # host time -> (time input, coefficients, finite)
+        self._model = model if fast else None
+        self._net = model.net if fast else None
+        self._cond = (inner.cond or {}) if fast else None
 
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
+        memo = self._memo
+        if memo is not None and (type(t) is float or (isinstance(t, Tensor) and t.is_cpu)):
+            return self._fast(x, t, memo)
         pred = self.inner(x, t)
         self.calls += 1
         if self.check:
@@ -86,11 +104,78 @@ class _Watch:
             self.probes.append(_probe(pred.x0 + pred.eps) if self.calls > 1 else _probe(pred.x0 + pred.eps + x))
         return pred
 
+    def prime(self, grid: Tensor, x: Tensor) -> None:
+        """Fill the fast path's memo for the step starts of ``grid`` (where every solver evaluates)
+        with one tensor op: row ``i`` of a ``(steps, B)`` tensor is the network's time input at
+        ``grid[i]``, equal to the ``torch.full`` that :meth:`Model.predict` makes. Only for float32
+        and float64 states (whose conversion from a Python float these rows reproduce bit for bit);
+        a time input that ``torch.full`` would reject (overflow) or any failure is left to the call
+        itself, so errors surface where they did."""
+        if self._memo is None or x.dtype not in (torch.float32, torch.float64) or x.ndim < 1:
+            return
+        try:
+            keys = grid.tolist()[:-1]
+            model, big = self._model, torch.finfo(x.dtype).max
+            consts = [model._host_constants(k) for k in keys]
+            keep = [i for i, c in enumerate(consts) if isinstance(c[0], float) and not (abs(c[0]) > big and math.isfinite(c[0]))]
+            if not keep:
+                return
+            batch, dtype, device = x.shape[0], x.dtype, x.device
+            rows = torch.tensor([consts[i][0] for i in keep], dtype=dtype, device=device)
+            rows = rows.unsqueeze(1).expand(len(keep), batch).contiguous().unbind(0)
+        except Exception:  # noqa: BLE001 - the calls themselves raise, where they would have
+            return
+        memo = self._memo
+        for i, row in zip(keep, rows):
+            coefs = consts[i][1]
+            memo[keys[i]] = (row, coefs, math.isfinite(coefs[0] + coefs[1] + coefs[2] + coefs[3]), batch, dtype, device)
+
+    def _fast(self, x: Tensor, t, memo: dict) -> Prediction:
+        """``Model.predict(x, t, cond)`` plus the watch's bookkeeping, for a host time ``t``."""
+        key = float(t)
+        shape = x.shape
+        entry = memo.get(key)
+        if entry is None or entry[3] != shape[0] or entry[4] is not x.dtype or entry[5] != x.device:
+            time_value, coefs, _ = self._model._host_constants(key)
+            entry = (_time_tensor(time_value, x), coefs, math.isfinite(coefs[0] + coefs[1] + coefs[2] + coefs[3]),
+                     shape[0], x.dtype, x.device)
+            memo[key] = entry
+        out = self._net(x, entry[0], **self._cond)
+        if out.shape != shape:
+            raise ValueError(f"model output has shape {tuple(out.shape)} but the input has shape {tuple(shape)}")
+        pred = _new_prediction(Prediction)  # Prediction.affine(x, out, *coefficients), without re-packing them
+        pred._x0 = pred._eps = None
+        pred._x, pred._out, pred._c = x, out, entry[1]
+        self.calls += 1
+        if self.check:
+            self.times.append(t)
+            if not entry[2] and self.first_bad_host is None:
+                self.first_bad_host = self.calls - 1
+            if self.calls == 1:
+                out = x + out
+            self.probes.append(out.sum() if out.element_size() >= 4 else out.sum(dtype=torch.float32))
+        return pred
+
+
+_new_prediction = object.__new__
+
+
+def _time_tensor(value, x: Tensor) -> Tensor:
+    """The network's ``(B,)`` time input for ``x``, as :meth:`Model.predict` builds it."""
+    if isinstance(value, float):
+        return torch.full((x.shape[0],), value, device=x.device, dtype=x.dtype)
+    return value.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+
 
 def _raise_if_nonfinite(watch: _Watch, out: Tensor, grid: Tensor, solver_name: str) -> None:
     """After the loop: one host read of two numbers; the first bad call is located only when
     something was not finite."""
     final = _probe(out)
+    if watch.probes and watch.first_bad_host is None and final.device == watch.probes[0].device:
+        # the common case in one host read: a finite sum of every probe and the final state means each
+        # of them is finite (NaN and inf propagate through a sum), so neither check below can raise
+        if math.isfinite(torch.stack(watch.probes + [final]).sum().tolist()):
+            return
     if watch.probes:
         probes = torch.stack(watch.probes)
         model_sum, final_sum = torch.stack([probes.sum(), final.to(probes.device)]).tolist()
@@ -181,6 +266,7 @@ def sample(solver: Solver | str, denoiser: Denoiser, x: Tensor, grid: Tensor, *,
     watch = _Watch(denoiser, check_finite)
     start = time.perf_counter()
     plan = solver.plan(schedule, grid, **options)
+    watch.prime(grid, x)
     with torch.no_grad():
         out = solver.loop(watch, x, grid, plan, generator=generator, callback=callback)
     if check_finite:
