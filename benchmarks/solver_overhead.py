@@ -32,9 +32,9 @@ import platform
 import statistics
 import time
 
+import diffusers
 import torch
 
-import diffusers
 import solverzoo as sz
 
 SHAPE = (1, 4, 32, 32)
@@ -152,7 +152,8 @@ def table(med, med_setup):
             "diffusers_overhead_us_per_step": p - fl, "best_peer": "diffusers",
             "best_peer_overhead_us_per_step": best - fl,
             "sample_overhead_ratio": ratio, "loop_overhead_ratio": (lo - fl) / (best - fl),
-            "wrapper_us_per_step": s - lo, "sample_raw_ratio": s / best, "target_ratio_max": TARGET, "meets_target": ratio <= TARGET,
+            "wrapper_us_per_step": s - lo, "sample_raw_ratio": s / best, "target_ratio_max": TARGET,
+            "meets_target": ratio <= TARGET,
             "solverzoo_setup_us": med_setup[f"{k}/loop"], "diffusers_setup_us": med_setup[f"{k}/diffusers"]})
     return {"floor_us_per_step": fl, "rows": rows}
 

@@ -6,7 +6,8 @@ callable ``(x, t) -> Prediction`` that every solver consumes.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -130,10 +131,10 @@ class Model:
             return float(time_in), tuple(float(c) for c in coefs), (float(a), float(s))
         return time_in, coefs, (a, s)
 
-    def denoiser(self, cond: Cond | None = None) -> "ModelDenoiser":
+    def denoiser(self, cond: Cond | None = None) -> ModelDenoiser:
         return ModelDenoiser(self, cond)
 
-    def with_net(self, net: Callable) -> "Model":
+    def with_net(self, net: Callable) -> Model:
         """The same model (parametrisation, schedule, time input, memoised constants) calling
         ``net`` instead: how a cache session wraps the network for one sampling call."""
         other = object.__new__(Model)
@@ -155,7 +156,7 @@ class ModelDenoiser:
     def __call__(self, x: Tensor, t: Tensor) -> Prediction:
         return self.model.predict(x, t, self.cond)
 
-    def with_net(self, net: Callable) -> "ModelDenoiser":
+    def with_net(self, net: Callable) -> ModelDenoiser:
         return ModelDenoiser(self.model.with_net(net), self.cond)
 
 

@@ -45,7 +45,7 @@ class Prediction:
         self._x0, self._eps, self._x, self._out, self._c = x0, eps, None, None, None
 
     @classmethod
-    def affine(cls, x: Tensor, out: Tensor, x0_x, x0_out, eps_x, eps_out) -> "Prediction":
+    def affine(cls, x: Tensor, out: Tensor, x0_x, x0_out, eps_x, eps_out) -> Prediction:
         """``x0 = x0_x * x + x0_out * out`` and ``eps = eps_x * x + eps_out * out``."""
         p = object.__new__(cls)
         p._x0 = p._eps = None
@@ -83,7 +83,7 @@ class Prediction:
         """Velocity in the rectified-flow frame (``d/du`` of ``(1-u) x0 + u eps``)."""
         return self.lin(-1.0, 1.0)
 
-    def map(self, fn) -> "Prediction":
+    def map(self, fn) -> Prediction:
         return Prediction(fn(self.x0), fn(self.eps))
 
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from solverzoo.timegrid import validate_grid
 from solverzoo.model import Denoiser, Model, ModelDenoiser
 from solverzoo.noise import Generators, randn
 from solverzoo.prediction import Prediction
 from solverzoo.registry import registry
 from solverzoo.schedules import NoiseSchedule
 from solverzoo.solver import Callback, Solver
+from solverzoo.timegrid import validate_grid
 
 
 class NonFiniteError(FloatingPointError):
