@@ -1,7 +1,9 @@
 """One cell of a sweep: sample with common random numbers (:mod:`solverzoo.seeds`), then
 score the samples with the metrics the backbone's :class:`~solverzoo.backbone.World` supports
-(FID / KID on its features, prompt accuracy by its scorer, CLIP score, exact metrics), and
-time each part."""
+(FID, FID-infinity and KID on its features, prompt accuracy by its scorer, CLIP score, exact
+metrics) and against the converged solve of the same ODE from the same noise and prompts
+(:mod:`solverzoo.bench.converged`: computed once per identity, cached on disk, shared by every
+cell), and time each part."""
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +16,9 @@ import numpy as np
 import torch
 
 from solverzoo import __version__, seeds
-from solverzoo.bench.generate import Generated, generate
-from solverzoo.bench.metrics import MetricUnavailable, Reference, clip_score, fid_kid, paired_delta, proportion_ci
+from solverzoo.bench import converged as conv
+from solverzoo.bench.generate import Generated, converged_solve, generate
+from solverzoo.bench.metrics import MetricUnavailable, Reference, clip_score, fid_kid, fid_kid_settings, paired_delta, proportion_ci
 from solverzoo.bench.records import arrays_to_numpy, config_hash, read_arrays, write_arrays
 from solverzoo.caching import CacheError, estimate_flops, flops_per_sample
 from solverzoo.models.images import save_grid
@@ -57,16 +60,15 @@ def dist_info():
 
 
 def _generate(cell: dict, bb, prompts: list, idx: list[int], cfg: dict, progress: bool):
-    """The cell's samples: sample i from :func:`solverzoo.seeds.sample_seed` ``(seed_set, i)``;
-    exact worlds also get the DOP853 solve of the same ODE for deterministic solvers."""
+    """The cell's samples: sample i from :func:`solverzoo.seeds.sample_seed` ``(seed_set, i)``
+    (the converged solve of the same ODE is computed apart, by :func:`_converged`)."""
     guidance = None if cell["guidance"] == "none" else cell["guidance"]
-    exact = bb.world.exact and not registry.get("solver", cell["solver"]).is_stochastic(**cell["solver_options"])
     with timed_net(bb.model) as backbone_s:
         gen = generate(bb, prompts, solver=cell["solver"], steps=cell["steps"], grid=cell["grid"],
                        grid_options=cell["grid_options"], guidance=guidance, scale=cell["scale"],
                        seeds=seeds.sample_seeds(cell["seed_set"], idx), device=cfg["device"],
                        solver_options=cell["solver_options"], batch_size=cfg["batch_size"], progress=progress,
-                       cache=cell.get("cache"), cache_options=cell.get("cache_options"), reference=exact)
+                       cache=cell.get("cache"), cache_options=cell.get("cache_options"))
     if not torch.isfinite(gen.latents).all():
         raise CellFailed("the samples contain NaN/inf")
     return gen, backbone_s[0]
@@ -129,8 +131,7 @@ def _fid(cell: dict, feats, ref: Reference, extractor, rec: dict) -> None:
         rec["warnings"].append(f"N={n} is below 2 x feature dim ({2 * feats.shape[1]}): FID is biased upward and "
                                "its covariance is rank-deficient; compare only at equal N")
     t_fk = time.perf_counter()
-    rec.update(fid_kid(feats, ref, bootstrap=m["bootstrap"], ci=m["ci"], kid_subset=m["kid_subset_size"],
-                       seed=seeds.bootstrap_seed(cell["seed_set"])))
+    rec.update(fid_kid(feats, ref, seed=seeds.bootstrap_seed(cell["seed_set"]), **fid_kid_settings(m)))
     rec["fid_kid_s"] = time.perf_counter() - t_fk
     rec["feature"] = extractor.identity()
     rec["reference"] = ref.identity
@@ -141,9 +142,29 @@ def _new_record(cell: dict, gen: Generated, flops, ranks: int) -> dict:
     rec.update(config_hash=config_hash(cell), nfe=gen.nfe, status="ok", error=None, warnings=[],
                cache=cell.get("cache", "none"), backbone_evals=gen.backbone_evals,
                flops_per_sample=flops_per_sample(flops, gen.nfe, gen.backbone_evals) if flops else math.nan,
-               fid=math.nan, fid_ci_low=math.nan, fid_ci_high=math.nan, kid=math.nan, clip_score=math.nan,
+               fid=math.nan, fid_ci_low=math.nan, fid_ci_high=math.nan, fid_inf=math.nan, fid_inf_ci_low=math.nan,
+               fid_inf_ci_high=math.nan, kid=math.nan, kid_ci_low=math.nan, kid_ci_high=math.nan, clip_score=math.nan,
+               **{f"{k}{s}": math.nan for k in ("err_converged", "psnr_converged", "fd_converged") for s in ("", "_ci_low", "_ci_high")},
                prompt_accuracy=math.nan, ranks=ranks, solverzoo=__version__, torch=torch.__version__)
     return rec
+
+
+def _gather(dist, world_size: int, idx, *arrays):
+    """Per-sample arrays (tensors or numpy, or None) of every rank, in sample order."""
+    if dist is None:
+        return arrays
+    parts = [None] * world_size
+    dist.all_gather_object(parts, (idx, *arrays))
+    order = np.argsort(np.concatenate([p[0] for p in parts]))
+    out = []
+    for k, a in enumerate(arrays, start=1):
+        if a is None:
+            out.append(None)
+        elif isinstance(a, torch.Tensor):
+            out.append(torch.cat([p[k] for p in parts])[order])
+        else:
+            out.append(np.concatenate([p[k] for p in parts])[order])
+    return tuple(out)
 
 
 def _features_and_hits(cell: dict, bb, gen: Generated, extractor, prompts, idx, dist, world_size: int):
@@ -155,13 +176,106 @@ def _features_and_hits(cell: dict, bb, gen: Generated, extractor, prompts, idx, 
         hits = prompt_hits(bb, gen.images, gen.latents, prompts) if m["prompt_accuracy"] else None
     except MetricUnavailable as exc:  # a metric that does not apply: skipped with its reason
         hits, skipped = None, [f"prompt_accuracy skipped: {exc}"]
-    if dist is not None:
-        parts = [None] * world_size
-        dist.all_gather_object(parts, (idx, feats, hits))
-        order = np.argsort(np.concatenate([p[0] for p in parts]))
-        feats = torch.cat([p[1] for p in parts])[order] if feats is not None else None
-        hits = np.concatenate([p[2] for p in parts])[order] if hits is not None else None
+    feats, hits = _gather(dist, world_size, idx, feats, hits)
     return feats, hits, skipped
+
+
+DEFAULT_CONVERGED = {"method": "dpmpp_3m", "steps": 24, "spacing": "auto", "dtype": "float32", "observed_order": True,
+                     "exact_method": "dop853", "rtol": 1e-10, "atol": 1e-10}
+"""``metrics.converged`` when a config has none: DOP853 at tight tolerances on exact (analytic)
+worlds, else a fixed-step solver at ``steps`` and ``2 * steps`` steps (step doubling)."""
+
+_CONVERGED: dict = {}  # in-process memo: identity key -> solve, decoded samples, features, hits
+
+
+def _converged_plan(bb, m: dict) -> tuple[str, dict]:
+    c = {**DEFAULT_CONVERGED, **(m.get("converged") or {})}
+    if bb.world.exact:
+        return c["exact_method"], {"rtol": float(c["rtol"]), "atol": float(c["atol"])}
+    return c["method"], {"steps": int(c["steps"]), "spacing": c["spacing"], "dtype": c["dtype"],
+                         "observed_order": bool(c.get("observed_order", True))}
+
+
+def _converged(cell: dict, bb, gen: Generated, prompts, idx, extractor, cfg: dict, results_dir: Path) -> dict:
+    """The converged solve of the cell's (guided) ODE from the same noise and prompts, from the
+    in-process memo, the disk cache (``<results_dir>/../cache/converged-<key>.safetensors``) or
+    computed here; with its decoded samples, features and prompt hits (computed once per process)."""
+    m = cell["metrics"]
+    method, options = _converged_plan(bb, m)
+    guided = cell["guidance"] != "none"
+    sample_seeds = seeds.sample_seeds(cell["seed_set"], idx)
+    ident = conv.ConvergedSolve(
+        backbone=bb.name, weights_id=bb.weights_id, guidance=cell["guidance"] if guided else None,
+        guidance_scale=float(cell["scale"]) if guided else None, schedule=bb.model.schedule.describe(),
+        t_start=float(gen.times[0]), t_end=float(gen.times[-1]), seeds=tuple(sample_seeds),
+        prompts=conv.prompts_hash(prompts), shape=(len(idx),) + tuple(bb.latent_shape), method=method, options=options)
+    key = ident.key
+    t0 = time.perf_counter()
+    if key in _CONVERGED:
+        return {**_CONVERGED[key], "converged_s": 0.0, "cache": "memory"}
+    x, info = conv.load_or_solve(ident, results_dir.parent / "cache", lambda: converged_solve(
+        bb, prompts, seeds=sample_seeds, guidance=cell["guidance"] if guided else None, scale=float(cell["scale"]),
+        t_start=float(gen.times[0]), t_end=float(gen.times[-1]), method=method, options=options, device=cfg["device"],
+        batch_size=cfg["batch_size"]))
+    x = x.to(gen.latents.dtype)
+    with torch.no_grad():
+        images = torch.cat([bb.decode(x[i:i + 256].to(cfg["device"])) for i in range(0, len(x), 256)])
+    feats = extractor(images) if extractor is not None and (m["fid"] or m["kid"]) else None
+    try:
+        hits = prompt_hits(bb, images, x, prompts) if m["prompt_accuracy"] else None
+    except MetricUnavailable:
+        hits = None
+    entry = {"key": key, "x": x, "images": images, "feats": feats, "hits": hits, "info": info}
+    if len(_CONVERGED) >= 8:
+        _CONVERGED.pop(next(iter(_CONVERGED)))
+    _CONVERGED[key] = entry
+    return {**entry, "converged_s": time.perf_counter() - t0, "cache": info.get("cache", "miss")}
+
+
+def _method_label(info: dict) -> str:
+    if info.get("method") == "dop853":
+        return f"dop853 rtol={info.get('rtol'):g} atol={info.get('atol'):g} float64"
+    return (f"{info.get('method')} {info.get('steps')} steps (step-doubled from {int(info.get('steps', 0)) // 2}, "
+            f"order used {float(info.get('order_used', info.get('order', 0))):.2f}), {info.get('spacing')} spacing, "
+            f"{info.get('dtype', 'float64')}")
+
+
+def _converged_fields(cell: dict, bb, gen: Generated, c: dict, feats, dist, world_size: int, idx, rec: dict) -> dict:
+    """Per-sample errors and PSNR against the converged solve (gathered from every rank), the
+    ``*_converged`` record fields, and the arrays to store. Stochastic solvers: NaN with the reason."""
+    stochastic = registry.get("solver", cell["solver"]).is_stochastic(**cell["solver_options"])
+    images = gen.images.ndim == 4 and c["images"].ndim == 4
+    err = None if stochastic else conv.per_sample_rmse(gen.latents, c["x"])
+    psnr = conv.per_sample_psnr(gen.images, c["images"]) if images and not stochastic else None
+    err, psnr, ref_feats, ref_hits = _gather(dist, world_size, idx, err, psnr, c["feats"], c["hits"])
+    rng = np.random.default_rng([seeds.bootstrap_seed(cell["seed_set"]), 3])
+    m = cell["metrics"]
+    f = None if feats is None else feats.numpy()
+    rf = None if ref_feats is None else ref_feats.numpy()
+    if stochastic:
+        out = conv.stochastic_converged_metrics(f, rf, fd_reps=m["bootstrap"], rng=rng, ci=m["ci"])
+    else:
+        out = {**conv._median_fields("err_converged", err, 2000, rng, m["ci"]), **conv._fd_fields(f, rf, m["bootstrap"], rng, m["ci"])}
+        if psnr is not None:
+            out.update(conv._median_fields("psnr_converged", psnr, 2000, rng, m["ci"]), psnr_cap_db=conv.PSNR_CAP_DB)
+        else:
+            out["psnr_converged_note"] = "the decoded samples are not images: no PSNR"
+    for k in ("err_converged_note", "psnr_converged_note", "fd_converged_note"):
+        if k in out:
+            rec["warnings"].append(f"{k[:-5]}: {out.pop(k)}")
+    info = c["info"]
+    out.update(converged_key=c["key"], converged_method=_method_label(info),
+               converged_error_estimate=float(info.get("own_error_median", math.nan)),
+               converged_error_rms=float(info.get("own_error_rms", math.nan)),
+               converged_error_method=info.get("own_error_method"), converged_nfe=info.get("nfe"),
+               converged_solve_s=float(info.get("wall_s", math.nan)), converged_cache=c["cache"],
+               converged_cost_note=("the converged solve is computed once per identity (backbone, guidance, noise, prompts, "
+                                    "interval, method) and shared by every cell of it: converged_solve_s is that once-only "
+                                    "cost, converged_s the part of this cell's wall time (solve on a cache miss, else "
+                                    "loading, decoding and features once per process, 0 after)"))
+    arrays = {"err": None if err is None else torch.from_numpy(np.asarray(err, dtype=np.float64)),
+              "psnr": None if psnr is None else torch.from_numpy(np.asarray(psnr, dtype=np.float64))}
+    return out, arrays, ref_feats, ref_hits
 
 
 def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: Path) -> dict:
@@ -173,11 +287,21 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
     idx = list(range(rank, n, world_size))  # sample i is the same whatever the number of ranks
     prompts = [ref.prompts[i % len(ref.prompts)] for i in idx]
     gen, backbone_s = _generate(cell, bb, prompts, idx, cfg, bool(cfg.get("progress", True)) and rank == 0)
+    c = _converged(cell, bb, gen, prompts, idx, extractor, cfg, results_dir)
+    if not registry.get("solver", cell["solver"]).is_stochastic(**cell["solver_options"]):
+        gen.reference = c["x"]  # exact worlds: median_error and the world's exact metrics against it
     t_feat = time.perf_counter()
     feats, hits, skipped = _features_and_hits(cell, bb, gen, extractor, prompts, idx, dist, world_size)
     feat_s = time.perf_counter() - t_feat
     rec = _new_record(cell, gen, flops(bb, cfg["device"]), world_size)
     rec["warnings"].extend(skipped)
+    t_cm = time.perf_counter()
+    conv_fields, conv_arrays, ref_feats, ref_hits = _converged_fields(cell, bb, gen, c, feats, dist, world_size, idx, rec)
+    rec.update(conv_fields)
+    if rank == 0 and not (results_dir / "features" / f"converged-{c['key']}.safetensors").is_file():
+        write_arrays(results_dir, f"converged-{c['key']}", {"features": ref_feats,
+                                                            "hits": None if ref_hits is None else torch.from_numpy(ref_hits)})
+    converged_metric_s = time.perf_counter() - t_cm
     if rank == 0:
         rec.update(_exact_metrics(bb, ref, gen, feats, n, dist is not None))
     t_metric = time.perf_counter()
@@ -191,18 +315,19 @@ def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: 
     clip_s = _clip(bb, m, gen.images, prompts, rec) if m["clip_score"] else 0.0
     feat_s += clip_s  # a network evaluating the samples: metric features
     boots = rec.pop("_fid_boot", None)
-    if rank == 0 and (feats is not None or hits is not None):
+    if rank == 0 and (feats is not None or hits is not None or conv_arrays["err"] is not None):
         mine = {"features": feats, "hits": None if hits is None else torch.from_numpy(hits),
                 "fid": None if boots is None else torch.tensor(rec["fid"], dtype=torch.float64),
-                "fid_boot": torch.tensor(boots, dtype=torch.float64) if boots else None}
+                "fid_boot": torch.tensor(boots, dtype=torch.float64) if boots else None, **conv_arrays}
         write_arrays(results_dir, rec["config_hash"], mine)
         if "cache" in cell:
             rec.update(_paired_vs_no_cache(cell, mine, ref, m, results_dir))
-    metric_s = time.perf_counter() - t_metric - clip_s
+    metric_s = time.perf_counter() - t_metric - clip_s + converged_metric_s
     wall = time.perf_counter() - t0
     rec.update(wall_s=wall, sampling_s=gen.sampling_s, backbone_s=backbone_s, solver_s=gen.sampling_s - backbone_s,
                decode_s=gen.wall_s - gen.sampling_s - gen.reference_s, metric_s=metric_s + feat_s + gen.reference_s,
-               harness_s=max(wall - gen.wall_s - feat_s - metric_s, 0.0) + metric_s)
+               converged_s=c["converged_s"],
+               harness_s=max(wall - gen.wall_s - feat_s - metric_s - c["converged_s"], 0.0) + metric_s)
     if rank == 0 and gen.images.ndim == 4:
         # native-size thumbnails, light compression: the report upscales once when it composes its grid
         save_grid(gen.images[:8], results_dir / "samples" / f"{rec['config_hash']}.png", ncol=8, scale=1, compress_level=1)

@@ -30,6 +30,7 @@ class Generated:
     reference: Tensor | None = None  # DOP853 solve of the same ODE from the same noise (reference=True)
     backbone_evals: float = 0.0  # full-network-equivalent evaluations per sample actually computed (= nfe without a cache)
     reference_s: float = 0.0  # time of the reference solves (an exact metric's cost, not sampling)
+    times: Tensor | None = None  # the time grid the solver ran on (its first and last times fix the ODE's interval)
 
 
 def check_needs(bb: Backbone, solver, grid: Tensor) -> None:
@@ -99,4 +100,66 @@ def generate(bb: Backbone, prompts: Sequence, *, solver: str = "dpmpp_2m", steps
         samp += res.wall_s
     lat = torch.cat(outs)
     images = torch.cat([bb.decode(lat[i:i + 256]) for i in range(0, len(lat), 256)])
-    return Generated(images, lat, nfe, time.perf_counter() - t0, samp, torch.cat(refs) if refs else None, evals, ref_s)
+    return Generated(images, lat, nfe, time.perf_counter() - t0, samp, torch.cat(refs) if refs else None, evals, ref_s,
+                     times)
+
+
+def _denoiser(bb: Backbone, prompts: Sequence, guidance: str | None, scale: float, device: str):
+    """The (guided) denoiser of ``prompts``, as :func:`generate` builds it."""
+    conds = {k: {kk: vv.to(device) for kk, vv in c.items()} for k, c in bb.conds(list(prompts)).items()}
+    if guidance is None:
+        return bb.model.denoiser(conds["cond"])
+    return GuidedDenoiser(bb.model, registry.get("guidance", guidance)(scale=scale), conds)
+
+
+def converged_solve(bb: Backbone, prompts: Sequence, *, seeds: Sequence[int], guidance: str | None, scale: float,
+                    t_start: float, t_end: float, method: str = "dop853", options: dict | None = None,
+                    device: str = "cpu", batch_size: int = 64) -> tuple[Tensor, dict]:
+    """The converged solve of the same (guided) probability-flow ODE a cell integrates, from the
+    same starting noise (``seeds[i]``, :func:`solverzoo.sampling.initial_noise` at ``t_start``) and
+    prompts, to ``t_end``, batch by batch (:func:`solverzoo.bench.converged.solve`).
+
+    ``options``: ``rtol``/``atol`` for ``"dop853"``; ``steps``, ``spacing`` and ``dtype``
+    (``"float32"``/``"float64"``; a float64 solve of a network runs a float64 copy of it) for a
+    fixed-step solver. ``spacing="auto"``: uniform in log-SNR where it is finite at both ends,
+    else uniform in t.
+
+    Returns:
+        ``(latents, info)``: ``info`` aggregates the batches (``own_error_rms`` over all
+        elements, ``own_error_median`` over samples, ``nfe`` per sample, ``wall_s``) and keeps
+        ``own_error_per_sample``.
+    """
+    import copy
+    import math
+
+    from solverzoo.bench import converged
+
+    opts = dict(options or {})
+    dtype = {"float32": torch.float32, "float64": torch.float64}[opts.pop("dtype", "float64")]
+    if method != "dop853" and opts.get("spacing", "auto") == "auto":
+        lam = bb.model.schedule.lam(torch.tensor([t_start, t_end], dtype=torch.float64))
+        opts["spacing"] = "logsnr" if bool(torch.isfinite(lam).all()) else "linspace"
+    net = bb.model.net
+    plain = getattr(net, "__wrapped__", net)  # never a harness timing wrapper
+    if dtype == torch.float64 and isinstance(plain, torch.nn.Module):
+        plain = copy.deepcopy(plain).double()
+    t0 = time.perf_counter()
+    xs, per, sq, nfe, parts = [], [], 0.0, 0, []
+    for i in range(0, len(prompts), batch_size):
+        p, s = list(prompts[i:i + batch_size]), list(seeds[i:i + batch_size])
+        den = _denoiser(bb, p, guidance, scale, device).with_net(plain)
+        x = initial_noise(bb.model.schedule, torch.tensor(float(t_start), dtype=torch.float64),
+                          (len(p),) + tuple(bb.latent_shape), generators(s), device=device)
+        with torch.no_grad():
+            xr, info = converged.solve(den, x, float(t_start), float(t_end), method=method, dtype=dtype, **opts)
+        xs.append(xr.float())
+        per.extend(info.get("own_error_per_sample", [math.nan] * len(p)))
+        sq += float(info.get("own_error_rms", math.nan)) ** 2 * len(p)
+        nfe = info["nfe"]
+        parts.append(info)
+    first = parts[0]
+    info = {k: v for k, v in first.items() if k not in ("wall_s", "own_error_rms", "own_error_median", "own_error_per_sample", "nfe")}
+    info.update(nfe=nfe, own_error_rms=math.sqrt(sq / len(prompts)), own_error_median=float(torch.tensor(per).median()),
+                own_error_per_sample=[float(v) for v in per], dtype=str(dtype).replace("torch.", ""),
+                wall_s=time.perf_counter() - t0, batch_size=batch_size)
+    return torch.cat(xs), info
