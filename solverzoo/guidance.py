@@ -57,7 +57,7 @@ class GuidedDenoiser:
         self.evals_per_call = len(guidance.branches)
         self._cond = batch_cond([conds[b] for b in guidance.branches])
 
-    def with_net(self, net) -> "GuidedDenoiser":
+    def with_net(self, net) -> GuidedDenoiser:
         """The same guided denoiser calling ``net`` (a cache session) instead of the model's network."""
         other = object.__new__(GuidedDenoiser)
         other.__dict__.update(self.__dict__)

@@ -21,7 +21,7 @@ Changing any of these changes every recorded number: they are part of the record
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 SAMPLE_SEED_STRIDE = 1_000_003
 """Seed sets are this far apart, so seed set ``s`` never reuses seed set ``s - 1``'s noise."""

@@ -71,7 +71,8 @@ def test_the_quick_preset_covers_an_optimised_grid_and_skips_caches_with_a_reaso
 
 
 def test_sigkill_mid_sweep_then_resume(tmp_path):
-    args = ["backbone=gmm", "sweep=quick", "sweep.grids=[default]", "sweep.steps=[3,5,7,9,11,13,15,17,19,21,23,25]", "sweep.n_samples=400",
+    args = ["backbone=gmm", "sweep=quick", "sweep.grids=[default]", "sweep.steps=[3,5,7,9,11,13,15,17,19,21,23,25]",
+            "sweep.n_samples=400",
             "metrics.bootstrap=200", "metrics.reference.n=2000", "progress=false", f"results_dir={tmp_path}/r"]
     proc = subprocess.Popen([sys.executable, "-m", "solverzoo.cli", "bench", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -99,7 +100,8 @@ def test_failed_cell_is_recorded_and_fail_fast_stops(tmp_path):
     out = bench(*QUICK, *failing, f"results_dir={tmp_path}/r")
     assert out.returncode == 3, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-3:]
-    assert last[0] == "solverzoo: 2 of 4 cells failed:" and last[1] == "solverzoo:   2 x ValueError: ddim: eta must lie in [0, 1], got 5"
+    assert last[0] == "solverzoo: 2 of 4 cells failed:"
+    assert last[1] == "solverzoo:   2 x ValueError: ddim: eta must lie in [0, 1], got 5"
     assert last[2].startswith("solverzoo: exit 3")
     df = pd.read_parquet(tmp_path / "r" / "results.parquet")
     bad = df[df.solver == "ddim"]
@@ -142,7 +144,10 @@ def test_empty_reference_folder_skips_fid_with_a_reason(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_multirun_launchers(tmp_path, launcher):
-    pytest.importorskip({"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher"}[launcher])
+    plugin = {"joblib": "hydra_plugins.hydra_joblib_launcher",
+              "submitit_local": "hydra_plugins.hydra_submitit_launcher"}[launcher]
+    pytest.importorskip(plugin, reason=f"the {launcher} launcher is in the 'launchers' extra "
+                                       "(pip install 'solverzoo[launchers]')")
     out = bench("-m", f"hydra/launcher={launcher}", *QUICK, "sweep.steps=[4],[8]", f"results_dir={tmp_path}/r",
                 f"hydra.sweep.dir={tmp_path}/multirun", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -15,6 +15,7 @@ import torch
 import solverzoo as sz
 from solverzoo.bench import converged as cv
 from solverzoo.bench import estimators as est
+from solverzoo.bench import resampling
 from solverzoo.bench.metrics import (
     Reference,
     frechet,
@@ -153,13 +154,13 @@ def test_paired_bootstrap_is_narrower_than_unpaired():
     rng = np.random.default_rng(7)
     base = rng.lognormal(size=500)  # shared per-sample difficulty (same noise and prompt)
     a, b = base + 0.05 * rng.normal(size=500), base + 0.1 + 0.05 * rng.normal(size=500)
-    p = est.paired_bootstrap(a, b, reps=1000, rng=np.random.default_rng(0))
-    u = est.unpaired_bootstrap(a, b, reps=1000, rng=np.random.default_rng(0))
+    p = resampling.paired_bootstrap(a, b, reps=1000, rng=np.random.default_rng(0))
+    u = resampling.unpaired_bootstrap(a, b, reps=1000, rng=np.random.default_rng(0))
     assert p["ci_low"] <= p["delta"] <= p["ci_high"] < 0
     assert p["ci_high"] - p["ci_low"] < 0.5 * (u["ci_high"] - u["ci_low"]), (p, u)
     hits_a = (rng.random(500) < 0.7).astype(float)
     hits_b = np.where(rng.random(500) < 0.9, hits_a, 1 - hits_a)
-    h = est.paired_bootstrap(hits_a, hits_b, stat=np.mean, reps=500, rng=rng)
+    h = resampling.paired_bootstrap(hits_a, hits_b, stat=np.mean, reps=500, rng=rng)
     assert h["delta"] == pytest.approx(hits_a.mean() - hits_b.mean())
 
 
@@ -169,7 +170,7 @@ def test_paired_fd_difference_reuses_paired_delta():
     base = rng.normal(size=(n, d))
     fa, fb = base + 0.05 * rng.normal(size=(n, d)), 1.1 * base + 0.1 + 0.05 * rng.normal(size=(n, d))
     mu, s = np.zeros(d), np.eye(d)
-    out = est.paired_fd_difference(fa, fb, mu, s, reps=100, rng=np.random.default_rng(1))
+    out = resampling.paired_fd_difference(fa, fb, mu, s, reps=100, rng=np.random.default_rng(1))
     seed = int(np.random.default_rng(1).integers(0, 2 ** 63 - 1))
     want = paired_delta({"features": fa}, {"features": fb}, Reference({}, mu, s, 0), 100, 0.95, seed=seed)
     assert out == want
@@ -178,10 +179,10 @@ def test_paired_fd_difference_reuses_paired_delta():
 
 def test_median_ci():
     v = np.random.default_rng(9).normal(3.0, 1.0, 400)
-    m, lo, hi = est.median_ci(v, 500, np.random.default_rng(0))
+    m, lo, hi = resampling.median_ci(v, 500, np.random.default_rng(0))
     assert lo < m < hi and lo < 3.0 < hi and hi - lo < 0.4
     with pytest.raises(ValueError, match="NaN"):
-        est.median_ci(np.array([1.0, math.nan]), 10)
+        resampling.median_ci(np.array([1.0, math.nan]), 10)
 
 
 # -- the converged solve ---------------------------------------------------------------------------------

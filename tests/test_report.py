@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from solverzoo.bench import report_tables as tab
-from solverzoo.bench.estimators import paired_bootstrap, unpaired_bootstrap
 from solverzoo.bench.paired import CONVERGED_FEATURES_KEY, Diff, PairedGroup, load_reference
 from solverzoo.bench.records import config_hash, record_config, write_arrays, write_record
 from solverzoo.bench.report import write_report
 from solverzoo.bench.report_context import load_context
+from solverzoo.bench.resampling import paired_bootstrap, unpaired_bootstrap
 
 N, D = 200, 8
 

@@ -18,7 +18,15 @@ import torch
 from solverzoo import __version__, seeds
 from solverzoo.bench import converged as conv
 from solverzoo.bench.generate import Generated, converged_solve, generate
-from solverzoo.bench.metrics import MetricUnavailable, Reference, clip_score, fid_kid, fid_kid_settings, paired_delta, proportion_ci
+from solverzoo.bench.metrics import (
+    MetricUnavailable,
+    Reference,
+    clip_score,
+    fid_kid,
+    fid_kid_settings,
+    paired_delta,
+    proportion_ci,
+)
 from solverzoo.bench.records import arrays_to_numpy, config_hash, read_arrays, write_arrays
 from solverzoo.caching import CacheError, estimate_flops, flops_per_sample
 from solverzoo.models.images import save_grid
@@ -144,7 +152,8 @@ def _new_record(cell: dict, gen: Generated, flops, ranks: int) -> dict:
                flops_per_sample=flops_per_sample(flops, gen.nfe, gen.backbone_evals) if flops else math.nan,
                fid=math.nan, fid_ci_low=math.nan, fid_ci_high=math.nan, fid_inf=math.nan, fid_inf_ci_low=math.nan,
                fid_inf_ci_high=math.nan, kid=math.nan, kid_ci_low=math.nan, kid_ci_high=math.nan, clip_score=math.nan,
-               **{f"{k}{s}": math.nan for k in ("err_converged", "psnr_converged", "fd_converged") for s in ("", "_ci_low", "_ci_high")},
+               **{f"{k}{s}": math.nan for k in ("err_converged", "psnr_converged", "fd_converged")
+                  for s in ("", "_ci_low", "_ci_high")},
                prompt_accuracy=math.nan, ranks=ranks, solverzoo=__version__, torch=torch.__version__)
     return rec
 
@@ -255,7 +264,8 @@ def _converged_fields(cell: dict, bb, gen: Generated, c: dict, feats, dist, worl
     if stochastic:
         out = conv.stochastic_converged_metrics(f, rf, fd_reps=m["bootstrap"], rng=rng, ci=m["ci"])
     else:
-        out = {**conv._median_fields("err_converged", err, 2000, rng, m["ci"]), **conv._fd_fields(f, rf, m["bootstrap"], rng, m["ci"])}
+        out = {**conv._median_fields("err_converged", err, 2000, rng, m["ci"]),
+               **conv._fd_fields(f, rf, m["bootstrap"], rng, m["ci"])}
         if psnr is not None:
             out.update(conv._median_fields("psnr_converged", psnr, 2000, rng, m["ci"]), psnr_cap_db=conv.PSNR_CAP_DB)
         else:
@@ -341,7 +351,8 @@ def _paired_vs_no_cache(cell: dict, mine: dict, ref: Reference, m: dict, results
     other = read_arrays(results_dir, config_hash(twin))
     if other is None or mine["features"] is None or "features" not in other:
         return {}
-    out = paired_delta(arrays_to_numpy(mine), arrays_to_numpy(other), ref, m["bootstrap"], m["ci"], seed=seeds.bootstrap_seed(cell["seed_set"]))
+    out = paired_delta(arrays_to_numpy(mine), arrays_to_numpy(other), ref, m["bootstrap"], m["ci"],
+                       seed=seeds.bootstrap_seed(cell["seed_set"]))
     return {**out, "paired_with": config_hash(twin)}
 
 

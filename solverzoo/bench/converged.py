@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from solverzoo.bench.estimators import fd_pair_batch, median_ci
+from solverzoo.bench.estimators import fd_pair_batch
 from solverzoo.bench.metrics import frechet, stats
 from solverzoo.bench.records import config_hash
+from solverzoo.bench.resampling import median_ci
 
 __all__ = [
     "PSNR_CAP_DB",
@@ -119,7 +120,9 @@ class ConvergedSolve:
 
 
 def _as_identity(identity: ConvergedSolve | dict) -> dict:
-    return identity.identity() if isinstance(identity, ConvergedSolve) else json.loads(json.dumps(identity, sort_keys=True, default=str))
+    if isinstance(identity, ConvergedSolve):
+        return identity.identity()
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
 def _write(path: Path, x: Tensor, meta: dict) -> None:
@@ -245,7 +248,8 @@ def solve(denoiser, x_start: Tensor, t_start: float, t_end: float, *, method: st
         return res.x, info
     solver = sz.get_solver(method)
     if solver.is_stochastic(**options) or solver.adaptive:
-        raise ValueError(f"solver {method!r} is stochastic or adaptive; a converged solve needs 'dop853' or a fixed-step ODE solver")
+        raise ValueError(f"solver {method!r} is stochastic or adaptive; a converged solve needs 'dop853' or a "
+                         "fixed-step ODE solver")
     p = int(solver.declared_order(**options))
     coarse = sz.sample(solver, denoiser, x.clone(), step_grid(denoiser.schedule, t_start, t_end, steps, spacing), **options)
     fine = sz.sample(solver, denoiser, x.clone(), step_grid(denoiser.schedule, t_start, t_end, 2 * steps, spacing), **options)
@@ -254,7 +258,8 @@ def solve(denoiser, x_start: Tensor, t_start: float, t_end: float, *, method: st
         # a model whose velocity is not smooth in t (e.g. near the final jump to t = 0) converges below
         # the declared order, and dividing by 2^p - 1 would then understate the error: measure the
         # order from a third, coarser solve and use the smaller of the two
-        half = sz.sample(solver, denoiser, x.clone(), step_grid(denoiser.schedule, t_start, t_end, steps // 2, spacing), **options)
+        half = sz.sample(solver, denoiser, x.clone(), step_grid(denoiser.schedule, t_start, t_end, steps // 2, spacing),
+                         **options)
         ratio = _rms(coarse.x, half.x) / max(_rms(fine.x, coarse.x), 1e-300)
         p_obs = math.log2(ratio) if ratio > 0 else 0.0
         p_eff = float(min(max(p_obs, 0.5), p))

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -158,7 +158,8 @@ def converged_solve(bb: Backbone, prompts: Sequence, *, seeds: Sequence[int], gu
         nfe = info["nfe"]
         parts.append(info)
     first = parts[0]
-    info = {k: v for k, v in first.items() if k not in ("wall_s", "own_error_rms", "own_error_median", "own_error_per_sample", "nfe")}
+    per_part = ("wall_s", "own_error_rms", "own_error_median", "own_error_per_sample", "nfe")
+    info = {k: v for k, v in first.items() if k not in per_part}
     info.update(nfe=nfe, own_error_rms=math.sqrt(sq / len(prompts)), own_error_median=float(torch.tensor(per).median()),
                 own_error_per_sample=[float(v) for v in per], dtype=str(dtype).replace("torch.", ""),
                 wall_s=time.perf_counter() - t0, batch_size=batch_size)

@@ -7,10 +7,10 @@ import functools
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -188,7 +188,8 @@ def fid_kid(fake: Tensor, ref: Reference, *, bootstrap: int, ci: float, kid_subs
         lo, hi = max(out["fid"] - (med - q_lo), 0.0), out["fid"] + (q_hi - med)
     else:
         lo = hi = math.nan
-    out.update(fid_ci_low=float(lo), fid_ci_high=float(hi), fid_ci_method=f"bootstrap spread over samples re-centred on the estimate, {bootstrap} resamples",
+    out.update(fid_ci_low=float(lo), fid_ci_high=float(hi),
+               fid_ci_method=f"bootstrap spread over samples re-centred on the estimate, {bootstrap} resamples",
                _fid_boot=boots)  # kept by the harness for paired comparisons (not a record field)
     return out
 
@@ -288,7 +289,7 @@ def bootstrap_fid(f: np.ndarray, ref: Reference, reps: int, rng: np.random.Gener
     return out
 
 
-def paired_delta(a: dict, b: dict, ref: "Reference", reps: int, ci: float, seed: int = 0) -> dict:
+def paired_delta(a: dict, b: dict, ref: Reference, reps: int, ci: float, seed: int = 0) -> dict:
     """FID(a) - FID(b) (and the prompt-accuracy difference) for two cells whose sample i shares
     its noise and prompt (common random numbers), with a *paired* bootstrap: every resample draws
     the same sample indices for both (the same ``seed``), so the shared variability cancels.
