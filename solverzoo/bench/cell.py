@@ -17,6 +17,7 @@ import torch
 
 from solverzoo import __version__, seeds
 from solverzoo.bench import converged as conv
+from solverzoo.bench.cell_spec import Cell, TimingLedger
 from solverzoo.bench.generate import Generated, converged_solve, generate
 from solverzoo.bench.metrics import (
     MetricUnavailable,
@@ -27,7 +28,7 @@ from solverzoo.bench.metrics import (
     paired_delta,
     proportion_ci,
 )
-from solverzoo.bench.records import arrays_to_numpy, config_hash, read_arrays, write_arrays
+from solverzoo.bench.records import arrays_to_numpy, read_arrays, write_arrays
 from solverzoo.caching import CacheError, estimate_flops, flops_per_sample
 from solverzoo.models.images import save_grid
 from solverzoo.registry import registry
@@ -67,16 +68,16 @@ def dist_info():
     return None, 0, 1
 
 
-def _generate(cell: dict, bb, prompts: list, idx: list[int], cfg: dict, progress: bool):
+def _generate(cell: Cell, bb, prompts: list, idx: list[int], cfg: dict, progress: bool):
     """The cell's samples: sample i from :func:`solverzoo.seeds.sample_seed` ``(seed_set, i)``
     (the converged solve of the same ODE is computed apart, by :func:`_converged`)."""
-    guidance = None if cell["guidance"] == "none" else cell["guidance"]
+    guidance = None if cell.guidance == "none" else cell.guidance
     with timed_net(bb.model) as backbone_s:
-        gen = generate(bb, prompts, solver=cell["solver"], steps=cell["steps"], grid=cell["grid"],
-                       grid_options=cell["grid_options"], guidance=guidance, scale=cell["scale"],
-                       seeds=seeds.sample_seeds(cell["seed_set"], idx), device=cfg["device"],
-                       solver_options=cell["solver_options"], batch_size=cfg["batch_size"], progress=progress,
-                       cache=cell.get("cache"), cache_options=cell.get("cache_options"))
+        gen = generate(bb, prompts, solver=cell.solver, steps=cell.steps, grid=cell.grid,
+                       grid_options=cell.grid_options, guidance=guidance, scale=cell.scale,
+                       seeds=seeds.sample_seeds(cell.seed_set, idx), device=cfg["device"],
+                       solver_options=cell.solver_options, batch_size=cfg["batch_size"], progress=progress,
+                       cache=cell.cache, cache_options=cell.cache_options)
     if not torch.isfinite(gen.latents).all():
         raise CellFailed("the samples contain NaN/inf")
     return gen, backbone_s[0]
@@ -132,23 +133,23 @@ def _clip(bb, m: dict, images, prompts, rec: dict) -> float:
     return time.perf_counter() - t_clip
 
 
-def _fid(cell: dict, feats, ref: Reference, extractor, rec: dict) -> None:
+def _fid(cell: Cell, feats, ref: Reference, extractor, rec: dict) -> None:
     """FID / KID of the features into ``rec`` (with the small-N warning)."""
-    m, n = cell["metrics"], cell["n_samples"]
+    m, n = cell.metrics, cell.n_samples
     if n < 2 * feats.shape[1]:
         rec["warnings"].append(f"N={n} is below 2 x feature dim ({2 * feats.shape[1]}): FID is biased upward and "
                                "its covariance is rank-deficient; compare only at equal N")
     t_fk = time.perf_counter()
-    rec.update(fid_kid(feats, ref, seed=seeds.bootstrap_seed(cell["seed_set"]), **fid_kid_settings(m)))
+    rec.update(fid_kid(feats, ref, seed=seeds.bootstrap_seed(cell.seed_set), **fid_kid_settings(m)))
     rec["fid_kid_s"] = time.perf_counter() - t_fk
     rec["feature"] = extractor.identity()
     rec["reference"] = ref.identity
 
 
-def _new_record(cell: dict, gen: Generated, flops, ranks: int) -> dict:
-    rec = dict(cell)
-    rec.update(config_hash=config_hash(cell), nfe=gen.nfe, status="ok", error=None, warnings=[],
-               cache=cell.get("cache", "none"), backbone_evals=gen.backbone_evals,
+def _new_record(cell: Cell, gen: Generated, flops, ranks: int) -> dict:
+    rec = cell.config()
+    rec.update(config_hash=cell.hash, nfe=gen.nfe, status="ok", error=None, warnings=[],
+               cache=cell.cache or "none", backbone_evals=gen.backbone_evals,
                flops_per_sample=flops_per_sample(flops, gen.nfe, gen.backbone_evals) if flops else math.nan,
                fid=math.nan, fid_ci_low=math.nan, fid_ci_high=math.nan, fid_inf=math.nan, fid_inf_ci_low=math.nan,
                fid_inf_ci_high=math.nan, kid=math.nan, kid_ci_low=math.nan, kid_ci_high=math.nan, clip_score=math.nan,
@@ -176,9 +177,9 @@ def _gather(dist, world_size: int, idx, *arrays):
     return tuple(out)
 
 
-def _features_and_hits(cell: dict, bb, gen: Generated, extractor, prompts, idx, dist, world_size: int):
+def _features_and_hits(cell: Cell, bb, gen: Generated, extractor, prompts, idx, dist, world_size: int):
     """Metric features and prompt hits of the samples, gathered from every rank in sample order."""
-    m = cell["metrics"]
+    m = cell.metrics
     feats = extractor(gen.images) if extractor is not None and (m["fid"] or m["kid"]) else None
     skipped = []
     try:
@@ -205,25 +206,24 @@ def _converged_plan(bb, m: dict) -> tuple[str, dict]:
                          "observed_order": bool(c.get("observed_order", True))}
 
 
-def _converged(cell: dict, bb, gen: Generated, prompts, idx, extractor, cfg: dict, results_dir: Path) -> dict:
+def _converged(cell: Cell, bb, gen: Generated, prompts, idx, extractor, cfg: dict, results_dir: Path) -> dict:
     """The converged solve of the cell's (guided) ODE from the same noise and prompts, from the
     in-process memo, the disk cache (``<results_dir>/../cache/converged-<key>.safetensors``) or
     computed here; with its decoded samples, features and prompt hits (computed once per process)."""
-    m = cell["metrics"]
+    m = cell.metrics
     method, options = _converged_plan(bb, m)
-    guided = cell["guidance"] != "none"
-    sample_seeds = seeds.sample_seeds(cell["seed_set"], idx)
+    guided = cell.guidance != "none"
+    sample_seeds = seeds.sample_seeds(cell.seed_set, idx)
     ident = conv.ConvergedSolve(
-        backbone=bb.name, weights_id=bb.weights_id, guidance=cell["guidance"] if guided else None,
-        guidance_scale=float(cell["scale"]) if guided else None, schedule=bb.model.schedule.describe(),
+        backbone=bb.name, weights_id=bb.weights_id, guidance=cell.guidance if guided else None,
+        guidance_scale=float(cell.scale) if guided else None, schedule=bb.model.schedule.describe(),
         t_start=float(gen.times[0]), t_end=float(gen.times[-1]), seeds=tuple(sample_seeds),
         prompts=conv.prompts_hash(prompts), shape=(len(idx),) + tuple(bb.latent_shape), method=method, options=options)
     key = ident.key
-    t0 = time.perf_counter()
     if key in _CONVERGED:
-        return {**_CONVERGED[key], "converged_s": 0.0, "cache": "memory"}
+        return {**_CONVERGED[key], "cache": "memory"}
     x, info = conv.load_or_solve(ident, results_dir.parent / "cache", lambda: converged_solve(
-        bb, prompts, seeds=sample_seeds, guidance=cell["guidance"] if guided else None, scale=float(cell["scale"]),
+        bb, prompts, seeds=sample_seeds, guidance=cell.guidance if guided else None, scale=float(cell.scale),
         t_start=float(gen.times[0]), t_end=float(gen.times[-1]), method=method, options=options, device=cfg["device"],
         batch_size=cfg["batch_size"]))
     x = x.to(gen.latents.dtype)
@@ -238,7 +238,7 @@ def _converged(cell: dict, bb, gen: Generated, prompts, idx, extractor, cfg: dic
     if len(_CONVERGED) >= 8:
         _CONVERGED.pop(next(iter(_CONVERGED)))
     _CONVERGED[key] = entry
-    return {**entry, "converged_s": time.perf_counter() - t0, "cache": info.get("cache", "miss")}
+    return {**entry, "cache": info.get("cache", "miss")}
 
 
 def _method_label(info: dict) -> str:
@@ -249,16 +249,16 @@ def _method_label(info: dict) -> str:
             f"{info.get('dtype', 'float64')}")
 
 
-def _converged_fields(cell: dict, bb, gen: Generated, c: dict, feats, dist, world_size: int, idx, rec: dict) -> dict:
+def _converged_fields(cell: Cell, bb, gen: Generated, c: dict, feats, dist, world_size: int, idx, rec: dict) -> dict:
     """Per-sample errors and PSNR against the converged solve (gathered from every rank), the
     ``*_converged`` record fields, and the arrays to store. Stochastic solvers: NaN with the reason."""
-    stochastic = registry.get("solver", cell["solver"]).is_stochastic(**cell["solver_options"])
+    stochastic = registry.get("solver", cell.solver).is_stochastic(**cell.solver_options)
     images = gen.images.ndim == 4 and c["images"].ndim == 4
     err = None if stochastic else conv.per_sample_rmse(gen.latents, c["x"])
     psnr = conv.per_sample_psnr(gen.images, c["images"]) if images and not stochastic else None
     err, psnr, ref_feats, ref_hits = _gather(dist, world_size, idx, err, psnr, c["feats"], c["hits"])
-    rng = np.random.default_rng([seeds.bootstrap_seed(cell["seed_set"]), 3])
-    m = cell["metrics"]
+    rng = np.random.default_rng([seeds.bootstrap_seed(cell.seed_set), 3])
+    m = cell.metrics
     f = None if feats is None else feats.numpy()
     rf = None if ref_feats is None else ref_feats.numpy()
     if stochastic:
@@ -288,72 +288,98 @@ def _converged_fields(cell: dict, bb, gen: Generated, c: dict, feats, dist, worl
     return out, arrays, ref_feats, ref_hits
 
 
-def run_cell(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: Path) -> dict:
+TIMING_PARTS = ("backbone", "solver", "decode", "converged", "metric", "harness")
+"""The parts of a cell's wall time (record fields ``<part>_s``, ``wall_s`` their exact sum): network forwards while
+sampling, the rest of the sampling loop, setup and decoding, the converged solve's share, scoring (features, metrics,
+exact reference solves), the harness (bookkeeping, arrays, thumbnails). ``sampling_s = backbone_s + solver_s``."""
+
+
+def run_cell(cell: Cell, bb, ref: Reference, extractor, cfg: dict, results_dir: Path) -> dict:
     """Run one cell and return its record (written by the caller)."""
     bb.require_world()
-    t0 = time.perf_counter()
+    ledger = TimingLedger(TIMING_PARTS)
     dist, rank, world_size = dist_info()
-    n, m = cell["n_samples"], cell["metrics"]
+    n = cell.n_samples
     idx = list(range(rank, n, world_size))  # sample i is the same whatever the number of ranks
     prompts = [ref.prompts[i % len(ref.prompts)] for i in idx]
+    ledger.lap("harness")
     gen, backbone_s = _generate(cell, bb, prompts, idx, cfg, bool(cfg.get("progress", True)) and rank == 0)
+    ledger.lap("solver")  # then split: everything generate() did besides the sampling loop
+    ledger.move("solver", "decode", gen.wall_s - gen.sampling_s - gen.reference_s)
+    ledger.move("solver", "metric", gen.reference_s)  # exact worlds' reference solves: a metric's cost
+    ledger.move("solver", "backbone", backbone_s)
     c = _converged(cell, bb, gen, prompts, idx, extractor, cfg, results_dir)
-    if not registry.get("solver", cell["solver"]).is_stochastic(**cell["solver_options"]):
+    ledger.lap("converged")
+    if not registry.get("solver", cell.solver).is_stochastic(**cell.solver_options):
         gen.reference = c["x"]  # exact worlds: median_error and the world's exact metrics against it
-    t_feat = time.perf_counter()
-    feats, hits, skipped = _features_and_hits(cell, bb, gen, extractor, prompts, idx, dist, world_size)
-    feat_s = time.perf_counter() - t_feat
     rec = _new_record(cell, gen, flops(bb, cfg["device"]), world_size)
+    ledger.lap("harness")
+    feats, hits, skipped = _features_and_hits(cell, bb, gen, extractor, prompts, idx, dist, world_size)
     rec["warnings"].extend(skipped)
-    t_cm = time.perf_counter()
     conv_fields, conv_arrays, ref_feats, ref_hits = _converged_fields(cell, bb, gen, c, feats, dist, world_size, idx, rec)
     rec.update(conv_fields)
+    ledger.lap("metric")
     if rank == 0 and not (results_dir / "features" / f"converged-{c['key']}.safetensors").is_file():
         write_arrays(results_dir, f"converged-{c['key']}", {"features": ref_feats,
                                                             "hits": None if ref_hits is None else torch.from_numpy(ref_hits)})
-    converged_metric_s = time.perf_counter() - t_cm
+    ledger.lap("harness")
     if rank == 0:
         rec.update(_exact_metrics(bb, ref, gen, feats, n, dist is not None))
-    t_metric = time.perf_counter()
+    _score(cell, bb, gen, feats, hits, prompts, ref, extractor, rec)
+    boots = rec.pop("_fid_boot", None)  # kept for paired comparisons, not a record field
+    ledger.lap("metric")
+    if rank == 0:
+        _write_cell_arrays(cell, rec, boots, feats, hits, conv_arrays, ref, results_dir, ledger)
+        if gen.images.ndim == 4:
+            # native-size thumbnails, light compression: the report upscales once when it composes its grid
+            save_grid(gen.images[:8], results_dir / "samples" / f"{rec['config_hash']}.png", ncol=8, scale=1,
+                      compress_level=1)
+    ledger.lap("harness")
+    parts = ledger.fields()
+    rec.update(parts, sampling_s=parts["backbone_s"] + parts["solver_s"])
+    return rec
+
+
+def _score(cell: Cell, bb, gen: Generated, feats, hits, prompts, ref: Reference, extractor, rec: dict) -> None:
+    """FID / KID, prompt accuracy and CLIP score into ``rec``."""
+    m = cell.metrics
     if feats is None and (m["fid"] or m["kid"]):
         rec["warnings"].append("fid/kid skipped: " + ref.identity.get("skipped", "no feature extractor for this backbone"))
     if feats is not None and m["fid"]:
         _fid(cell, feats, ref, extractor, rec)
     if hits is not None:
-        p, lo, hi = proportion_ci(hits, m["bootstrap"], m["ci"], seed=seeds.bootstrap_seed(cell["seed_set"]))
+        p, lo, hi = proportion_ci(hits, m["bootstrap"], m["ci"], seed=seeds.bootstrap_seed(cell.seed_set))
         rec.update(prompt_accuracy=p, prompt_accuracy_ci_low=lo, prompt_accuracy_ci_high=hi)
-    clip_s = _clip(bb, m, gen.images, prompts, rec) if m["clip_score"] else 0.0
-    feat_s += clip_s  # a network evaluating the samples: metric features
-    boots = rec.pop("_fid_boot", None)
-    if rank == 0 and (feats is not None or hits is not None or conv_arrays["err"] is not None):
-        mine = {"features": feats, "hits": None if hits is None else torch.from_numpy(hits),
-                "fid": None if boots is None else torch.tensor(rec["fid"], dtype=torch.float64),
-                "fid_boot": torch.tensor(boots, dtype=torch.float64) if boots else None, **conv_arrays}
-        write_arrays(results_dir, rec["config_hash"], mine)
-        if "cache" in cell:
-            rec.update(_paired_vs_no_cache(cell, mine, ref, m, results_dir))
-    metric_s = time.perf_counter() - t_metric - clip_s + converged_metric_s
-    wall = time.perf_counter() - t0
-    rec.update(wall_s=wall, sampling_s=gen.sampling_s, backbone_s=backbone_s, solver_s=gen.sampling_s - backbone_s,
-               decode_s=gen.wall_s - gen.sampling_s - gen.reference_s, metric_s=metric_s + feat_s + gen.reference_s,
-               converged_s=c["converged_s"],
-               harness_s=max(wall - gen.wall_s - feat_s - metric_s - c["converged_s"], 0.0) + metric_s)
-    if rank == 0 and gen.images.ndim == 4:
-        # native-size thumbnails, light compression: the report upscales once when it composes its grid
-        save_grid(gen.images[:8], results_dir / "samples" / f"{rec['config_hash']}.png", ncol=8, scale=1, compress_level=1)
-    return rec
+    if m["clip_score"]:
+        _clip(bb, m, gen.images, prompts, rec)
 
 
-def _paired_vs_no_cache(cell: dict, mine: dict, ref: Reference, m: dict, results_dir: Path) -> dict:
+def _write_cell_arrays(cell: Cell, rec: dict, boots, feats, hits, conv_arrays: dict, ref: Reference, results_dir: Path,
+                       ledger: TimingLedger) -> None:
+    """The cell's per-sample arrays (features, hits, FID bootstrap, converged errors) for paired
+    comparisons, and with a cache the paired differences against its no-cache twin (a metric)."""
+    if feats is None and hits is None and conv_arrays["err"] is None:
+        return
+    mine = {"features": feats, "hits": None if hits is None else torch.from_numpy(hits),
+            "fid": None if boots is None else torch.tensor(rec["fid"], dtype=torch.float64),
+            "fid_boot": torch.tensor(boots, dtype=torch.float64) if boots else None, **conv_arrays}
+    write_arrays(results_dir, rec["config_hash"], mine)
+    if cell.cache is not None:
+        ledger.lap("harness")
+        rec.update(_paired_vs_no_cache(cell, mine, ref, cell.metrics, results_dir))
+        ledger.lap("metric")
+
+
+def _paired_vs_no_cache(cell: Cell, mine: dict, ref: Reference, m: dict, results_dir: Path) -> dict:
     """Paired differences against the same cell without a cache, when that cell has run (its
     stored bootstrap is reused: both used the same resamples)."""
-    twin = {k: v for k, v in cell.items() if k not in ("cache", "cache_options")}
-    other = read_arrays(results_dir, config_hash(twin))
+    twin = cell.without_cache()
+    other = read_arrays(results_dir, twin.hash)
     if other is None or mine["features"] is None or "features" not in other:
         return {}
     out = paired_delta(arrays_to_numpy(mine), arrays_to_numpy(other), ref, m["bootstrap"], m["ci"],
-                       seed=seeds.bootstrap_seed(cell["seed_set"]))
-    return {**out, "paired_with": config_hash(twin)}
+                       seed=seeds.bootstrap_seed(cell.seed_set))
+    return {**out, "paired_with": twin.hash}
 
 
 _FLOPS: dict = {}

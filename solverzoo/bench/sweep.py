@@ -14,12 +14,12 @@ import torch
 
 from solverzoo.backbone import load_backbone
 from solverzoo.bench.cell import dist_info, flops, run_cell
+from solverzoo.bench.cell_spec import Cell
 from solverzoo.bench.lock import ResultsLock
 from solverzoo.bench.metrics import MetricUnavailable, Reference, fid_kid, make_extractor
 from solverzoo.bench.records import (
     ResultsError,
     build_table,
-    config_hash,
     mark_stale,
     read_record,
     records_dir,
@@ -40,7 +40,7 @@ METRIC_SETTINGS = ("fid", "kid", "prompt_accuracy", "clip_score", "feature", "re
                    "kid_subsets", "kid_boot", "kid_reference_n", "converged")
 
 
-def expand(cfg: dict, backbone, skipped: list | None = None) -> list[dict]:
+def expand(cfg: dict, backbone, skipped: list | None = None) -> list[Cell]:
     """The sweep's cells: seed set x guidance x solver x grid x steps x cache (pinned settings
     included). Caches that cannot apply to the backbone (no transformer block stack) and saved
     grids made for another backbone / step count are left out, with the reason appended to ``skipped``."""
@@ -53,15 +53,13 @@ def expand(cfg: dict, backbone, skipped: list | None = None) -> list[dict]:
             sw["seed_sets"], sw["guidance"], sw["solvers"], grids, sw["steps"], caches):
         if grid_name == "optimised" and (grid_opts.get("key"), int(steps)) in missing:
             continue
-        extra = {"cache": cache, "cache_options": cache_opts} if cache != "none" else {}  # no-cache hashes unchanged
-        cells.append({
-            "backbone": backbone.name, "backbone_weights": backbone.weights_id, "solver": solver,
-            "solver_options": dict(sw.get("solver_options", {}).get(solver, {})), "grid": grid_name,
-            "grid_options": grid_opts, "steps": int(steps), "guidance": g["name"], "scale": float(g["scale"]),
-            "n_samples": int(sw["n_samples"]), "seed_set": int(seed_set),
-            "metrics": {k: m[k] for k in METRIC_SETTINGS},
-            **extra,
-        })
+        cells.append(Cell(
+            backbone=backbone.name, backbone_weights=backbone.weights_id, solver=solver,
+            solver_options=dict(sw.get("solver_options", {}).get(solver, {})), grid=grid_name,
+            grid_options=grid_opts, steps=int(steps), guidance=g["name"], scale=float(g["scale"]),
+            n_samples=int(sw["n_samples"]), seed_set=int(seed_set), metrics={k: m[k] for k in METRIC_SETTINGS},
+            cache=None if cache == "none" else cache, cache_options=None if cache == "none" else cache_opts,
+        ))  # no cache: no cache keys in its config (no-cache hashes unchanged)
     return cells
 
 
@@ -156,7 +154,7 @@ def _reference(bb, cfg: dict, results_dir: Path, rank: int):
     return extractor, ref
 
 
-def _todo(cells: list[dict], results_dir: Path, cfg: dict) -> list[dict]:
+def _todo(cells: list[Cell], results_dir: Path, cfg: dict) -> list[Cell]:
     """The cells without a finished, valid record (failed ones too, unless ``retry_failed=false``);
     an ok record whose per-sample arrays (``features/``) are gone is recomputed too, saying so."""
     rdir, fdir = records_dir(results_dir), Path(results_dir) / "features"
@@ -166,7 +164,7 @@ def _todo(cells: list[dict], results_dir: Path, cfg: dict) -> list[dict]:
                 stale.unlink(missing_ok=True)
     todo, lost = [], 0
     for c in cells:
-        p = rdir / f"{config_hash(c)}.json"
+        p = rdir / f"{c.hash}.json"
         rec = read_record(p) if p.exists() else None
         if (rec is not None and rec["status"] == "ok" and _wrote_arrays(rec)
                 and not (fdir / f"{rec['config_hash']}.safetensors").is_file()):
@@ -199,20 +197,15 @@ def _wrote_arrays(rec: dict) -> bool:
     return _finite(rec.get("fid")) or _finite(rec.get("prompt_accuracy"))
 
 
-def _run_one(cell: dict, bb, ref: Reference, extractor, cfg: dict, results_dir: Path) -> dict:
+def _run_one(cell: Cell, bb, ref: Reference, extractor, cfg: dict, results_dir: Path) -> dict:
     """A cell's record; a failing cell is recorded as failed (unless ``fail_fast``)."""
     try:
         return run_cell(cell, bb, ref, extractor, cfg, results_dir)
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, not fatal
         if cfg.get("fail_fast"):
             raise
-        return dict(cell, config_hash=config_hash(cell), status="failed", nfe=None, wall_s=None,
+        return dict(cell.config(), config_hash=cell.hash, status="failed", nfe=None, wall_s=None,
                     error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc(limit=5), warnings=[])
-
-
-def _label(cell: dict) -> str:
-    return (f"{cell['solver']} {cell['grid']} {cell['steps']} steps {cell['guidance']} {cell['scale']:g} "
-            f"seeds {cell['seed_set']}" + (f" cache {cell['cache']} {cell['cache_options']}" if "cache" in cell else ""))
 
 
 def run_sweep(cfg: dict) -> tuple[Path, Path, list[str]]:
@@ -264,11 +257,11 @@ def _run_sweep(cfg: dict, results_dir: Path, rank: int, lock=None) -> tuple[Path
             continue
         write_record(results_dir, rec)
         if rec["status"] == "ok":
-            tqdm.write(f"  done {_label(cell)}: NFE {rec['nfe']}, backbone evals {rec['backbone_evals']:.1f}, FID "
+            tqdm.write(f"  done {cell.label()}: NFE {rec['nfe']}, backbone evals {rec['backbone_evals']:.1f}, FID "
                        f"{rec['fid']:.3f} [{rec['fid_ci_low']:.3f}, {rec['fid_ci_high']:.3f}], prompt acc "
                        f"{rec['prompt_accuracy']:.3f}, {rec['wall_s']:.1f} s", file=sys.stderr)
         else:
-            tqdm.write(f"  FAILED {_label(cell)}: {rec['error']}", file=sys.stderr)
+            tqdm.write(f"  FAILED {cell.label()}: {rec['error']}", file=sys.stderr)
     if rank != 0:
         return results_dir, Path(cfg["report_dir"]), []
     if lock is not None:
@@ -283,13 +276,13 @@ def _run_sweep(cfg: dict, results_dir: Path, rank: int, lock=None) -> tuple[Path
     return results_dir / "results.parquet", report, failure_summary(cells, results_dir, cfg)
 
 
-def failure_summary(cells: list[dict], results_dir: Path, cfg: dict) -> list[str]:
+def failure_summary(cells: list[Cell], results_dir: Path, cfg: dict) -> list[str]:
     """Lines saying how many of ``cells`` failed and why (grouped by error), and which metrics the
     user asked for explicitly (``metrics.clip_model``) could not be computed; [] when all is well."""
     rdir = records_dir(results_dir)
     errors, metric_errors, missing = Counter(), Counter(), 0
     for c in cells:
-        p = rdir / f"{config_hash(c)}.json"
+        p = rdir / f"{c.hash}.json"
         rec = read_record(p, quiet=True) if p.exists() else None
         if rec is None:
             missing += 1
