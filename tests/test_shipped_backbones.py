@@ -59,8 +59,10 @@ def test_unmet_needs_are_refused_before_sampling(gmm):
 
 
 def test_quick_sweep_on_the_default_backbone(tmp_path):
+    # a 2,000-image reference keeps the test CI-sized (the default, 50,000, takes ~150 s to build once)
     out = subprocess.run([sys.executable, "-m", "solverzoo.cli", "bench", "sweep=quick", "progress=false",
-                          f"results_dir={tmp_path}/r"], capture_output=True, text=True, timeout=900)
+                          "metrics.reference.n=2000", f"results_dir={tmp_path}/r"], capture_output=True, text=True,
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     df = pd.read_parquet(tmp_path / "r" / "results.parquet")
     # 2 solvers x (default, optimised) grids x 2 step counts x (no cache, TeaCache)
@@ -73,7 +75,7 @@ def test_quick_sweep_on_the_default_backbone(tmp_path):
     assert "## Caching" in index and "## Optimised grids" in index
     assert df.fid.notna().all() and df.prompt_accuracy.notna().all() and df.kid.notna().all()
     rec = json.loads(next((tmp_path / "r" / "records").glob("*.json")).read_text())
-    assert rec["feature"]["name"] == "shapes-attribute-classifier" and rec["reference"]["n"] == 1000
+    assert rec["feature"]["name"] == "shapes-attribute-classifier" and rec["reference"]["n"] == 2000
     assert any("N=64 is below" in w for w in rec["warnings"])  # small N is flagged in the row
     assert rec["clip_model"].startswith("shapes-clip") and df.clip_score.notna().all()
     assert (tmp_path / "r" / "report" / "grid_shapes-flow.png").exists()
