@@ -2,10 +2,14 @@
 run each missing cell, write its record atomically, then build the table and the report."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
+import json
 import math
 import os
 import sys
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -13,6 +17,7 @@ from pathlib import Path
 import torch
 
 from solverzoo.backbone import load_backbone
+from solverzoo.bench import cost_model
 from solverzoo.bench.cell import dist_info, flops, run_cell
 from solverzoo.bench.cell_spec import Cell
 from solverzoo.bench.lock import ResultsLock
@@ -57,7 +62,7 @@ def expand(cfg: dict, backbone, skipped: list | None = None) -> list[Cell]:
             backbone=backbone.name, backbone_weights=backbone.weights_id, solver=solver,
             solver_options=dict(sw.get("solver_options", {}).get(solver, {})), grid=grid_name,
             grid_options=grid_opts, steps=int(steps), guidance=g["name"], scale=float(g["scale"]),
-            n_samples=int(sw["n_samples"]), seed_set=int(seed_set), metrics={k: m[k] for k in METRIC_SETTINGS},
+            n_samples=_n_cells(sw), seed_set=int(seed_set), metrics={k: m[k] for k in METRIC_SETTINGS},
             cache=None if cache == "none" else cache, cache_options=None if cache == "none" else cache_opts,
         ))  # no cache: no cache keys in its config (no-cache hashes unchanged)
     return cells
@@ -121,12 +126,32 @@ def _warm_up(bb, cfg: dict, ref: Reference, extractor) -> None:
         bb.decode(torch.zeros((2,) + tuple(bb.latent_shape), device=cfg["device"]))
         flops(bb, cfg["device"])  # the FLOP count of one evaluation, once per backbone
         # the conditioner memoises per prompt: encode every prompt of the sweep once, here
-        n = int(cfg["sweep"]["n_samples"])
+        n = _n_cells(cfg["sweep"])
         bb.conds([ref.prompts[i % len(ref.prompts)] for i in range(n)])
     if extractor is not None and ref.features is not None:
         m = cfg["metrics"]
         fid_kid(ref.features[:64].clone(), ref, bootstrap=2, ci=m["ci"], kid_subset=4, fid_inf_boot=2, kid_boot=2,
                 kid_subsets=2, kid_reference_n=64)
+
+
+def _load_backbone(cfg: dict):
+    """The backbone ``cfg.backbone`` names; its other keys (e.g. ``backbone.path`` of ``backbone=diffusers``)
+    are its factory's keyword options (loaded once per process and option set)."""
+    opts = {k: v for k, v in cfg["backbone"].items() if k != "name"}
+    if not opts:
+        return load_backbone(cfg["backbone"]["name"], cfg["device"])
+    return _load_with_options(cfg["backbone"]["name"], cfg["device"], json.dumps(opts, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_with_options(name: str, device: str, options: str):
+    factory = registry.get("backbone", name)
+    try:
+        return factory(device=device, **json.loads(options))
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise ConfigError(f"backbone {name!r} takes no such option: {exc} (check the backbone.* overrides)") from None
 
 
 def _reference(bb, cfg: dict, results_dir: Path, rank: int):
@@ -137,21 +162,62 @@ def _reference(bb, cfg: dict, results_dir: Path, rank: int):
         extractor = make_extractor(mcfg["feature"], bb, mcfg) if (mcfg["fid"] or mcfg["kid"]) else None
     except MetricUnavailable as exc:
         print(f"solverzoo: FID/KID skipped: {exc}", file=sys.stderr)
-        extractor = None
+        extractor, why = None, str(exc)
+    else:
+        why = None
     try:
-        ref = load_reference(bb, mcfg, extractor, cache_dir, n_prompts=int(cfg["sweep"]["n_samples"]))
+        ref = load_reference(bb, mcfg, extractor, cache_dir, n_prompts=_n_prompts(cfg))
     except MetricUnavailable as exc:  # e.g. an empty reference folder: FID / KID skipped, stated in every row
         print(f"solverzoo: FID/KID skipped: {exc}", file=sys.stderr)
         extractor = None
         ref = load_reference(bb, {**mcfg, "reference": {**mcfg["reference"], "kind": "world"}}, None, cache_dir,
-                             n_prompts=int(cfg["sweep"]["n_samples"]))
+                             n_prompts=_n_prompts(cfg))
         ref.identity["skipped"] = str(exc)
-    if rank == 0 and extractor is not None and ref.features is not None:
-        write_floor(bb, cfg, ref, extractor, results_dir)
+    if why is not None:  # every record says why FID / KID are missing
+        ref.identity["skipped"] = why
     if rank == 0 and extractor is not None:  # for paired comparisons in reports
         write_arrays(results_dir, "reference", {"mu": torch.from_numpy(ref.mu), "sigma": torch.from_numpy(ref.sigma),
                                                 "n": torch.tensor(ref.n)})
     return extractor, ref
+
+
+def _n_cells(sw: dict) -> int:
+    """The cells' N (with ``auto``, a provisional N until :func:`_plan` has chosen it)."""
+    return min(cost_model.N_CANDIDATES) if sw["n_samples"] == "auto" else int(sw["n_samples"])
+
+
+def _n_prompts(cfg: dict) -> int:
+    """Prompts to draw: the sweep's N, or the largest N ``n_samples=auto`` may choose (a prefix-stable draw)."""
+    n = cfg["sweep"]["n_samples"]
+    return max(cost_model.N_CANDIDATES) if n == "auto" else int(n)
+
+
+def _plan(bb, cfg: dict, cells: list[Cell], extractor, ref: Reference, results_dir: Path, t_start: float,
+          world_size: int) -> list[Cell]:
+    """Measure the unit costs and predict the sweep's time (``plan.json``); with ``n_samples=auto``
+    choose the largest N that fits ``sweep.budget_s`` and return the cells at that N."""
+    sw = cfg["sweep"]
+    auto, budget = sw["n_samples"] == "auto", sw.get("budget_s")
+    if not (auto or budget or cfg.get("plan_only")):
+        return cells
+    if auto and world_size > 1:
+        raise ConfigError("sweep.n_samples=auto measures this process's speed; under several processes give a number")
+    costs = cost_model.probe(bb, cfg, extractor, ref)
+    cached = {"reference_cached": True, "converged_cached": False}  # the reference is loaded by now
+    elapsed = time.perf_counter() - t_start
+    if auto:
+        n, plan = cost_model.choose_n(cells, cfg, costs, float(budget), elapsed_s=elapsed, **cached)
+        sw["n_samples"] = n
+        cells = [dataclasses.replace(c, n_samples=n) for c in cells]
+    else:
+        plan = cost_model.predict(cells, cfg, costs, **cached)
+    plan.update(budget_s=budget, elapsed_before_plan_s=round(elapsed, 1), chosen_by="cost model" if auto else "config")
+    cost_model.write_plan(results_dir, plan)
+    print(cost_model.describe(plan), file=sys.stderr, flush=True)
+    if budget and plan["total_s"] + elapsed > float(budget):
+        print(f"solverzoo: warning: the sweep is predicted to take {plan['total_s'] + elapsed:.0f} s, over sweep.budget_s="
+              f"{budget} (fewer cells, a smaller sweep.n_samples, or a larger budget)", file=sys.stderr)
+    return cells
 
 
 def _todo(cells: list[Cell], results_dir: Path, cfg: dict) -> list[Cell]:
@@ -236,7 +302,8 @@ def _run_sweep(cfg: dict, results_dir: Path, rank: int, lock=None) -> tuple[Path
     from tqdm import tqdm
 
     from solverzoo.bench.report import write_report
-    bb = load_backbone(cfg["backbone"]["name"], cfg["device"])
+    t_start = time.perf_counter()
+    bb = _load_backbone(cfg)
     bb.require_world()
     skipped: list[str] = []
     cells = expand(cfg, bb, skipped)
@@ -246,6 +313,11 @@ def _run_sweep(cfg: dict, results_dir: Path, rank: int, lock=None) -> tuple[Path
         raise ConfigError("the sweep has no cells left to run (every one was skipped, see above)")
     extractor, ref = _reference(bb, cfg, results_dir, rank)
     _warm_up(bb, cfg, ref, extractor)
+    cells = _plan(bb, cfg, cells, extractor, ref, results_dir, t_start, dist_info()[2])
+    if cfg.get("plan_only"):
+        return results_dir / "plan.json", results_dir / "plan.json", []
+    if rank == 0 and extractor is not None and ref.features is not None:
+        write_floor(bb, cfg, ref, extractor, results_dir)
     todo = _todo(cells, results_dir, cfg)
     if rank == 0:
         print(f"sweep {cfg['sweep']['name']} on {bb.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, "

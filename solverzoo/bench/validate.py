@@ -123,7 +123,12 @@ def validate_config(cfg: dict, paths: bool = True) -> None:
         if name != "none":
             _known("cache", name, "sweep.caches")
     n = sw.get("n_samples")
-    _need(_is_int(n) and n >= 1, f"sweep.n_samples={n!r} must be a positive integer (e.g. sweep.n_samples=64)")
+    _need(n == "auto" or (_is_int(n) and n >= 1),
+          f"sweep.n_samples={n!r} must be a positive integer (e.g. sweep.n_samples=64) or auto (with sweep.budget_s)")
+    b = sw.get("budget_s")
+    _need(b is None or (isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0),
+          f"sweep.budget_s={b!r} must be a positive number of seconds (e.g. sweep.budget_s=600) or null")
+    _need(n != "auto" or b is not None, "sweep.n_samples=auto chooses N to fit sweep.budget_s: set it (e.g. sweep.budget_s=600)")
     for s in _list(sw, "seed_sets", "[0]"):
         _need(_is_int(s) and s >= 0, f"sweep.seed_sets: {s!r} is not a non-negative integer")
     so = sw.get("solver_options", {})
@@ -137,7 +142,7 @@ def validate_config(cfg: dict, paths: bool = True) -> None:
             raise ConfigError(f"sweep.solver_options: {exc}") from None
     bs = cfg.get("batch_size")
     _need(_is_int(bs) and bs >= 1, f"batch_size={bs!r} must be a positive integer (e.g. batch_size=64)")
-    for key in ("fail_fast", "progress", "keep_going", "retry_failed"):
+    for key in ("fail_fast", "progress", "keep_going", "retry_failed", "plan_only"):
         _need(cfg.get(key) is None or isinstance(cfg[key], bool), f"{key}={cfg[key]!r} must be true or false")
     check_device(cfg.get("device", "cpu"))
     _validate_metrics(cfg.get("metrics") or {})
