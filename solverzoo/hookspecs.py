@@ -50,6 +50,13 @@ def register_cache_stacks(register):
     network may instead carry the spec itself as a ``cache_stack`` attribute)."""
 
 
+@hookspec
+def register_perturb_specs(register):
+    """Register where attention-perturbation guidance (pag, seg, sag, slg) reaches a network:
+    :class:`solverzoo.perturb.PerturbSpec` objects whose ``name`` is the network class's name (a
+    network may instead carry the spec itself as a ``perturb_spec`` attribute)."""
+
+
 HOOKS = {
     "solver": "register_solvers",
     "grid": "register_grids",
@@ -58,4 +65,5 @@ HOOKS = {
     "backbone": "register_backbones",
     "cache": "register_caches",
     "cache_stack": "register_cache_stacks",
+    "perturb_spec": "register_perturb_specs",
 }

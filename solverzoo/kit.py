@@ -296,6 +296,7 @@ class RungeKutta(Solver):
     """
 
     tableau: tuple = EULER_TABLEAU
+    renoise = True  # each step continues from pred.renoised(x) of its first stage (CFG++ works)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -386,6 +387,7 @@ class RungeKutta(Solver):
                 pred = denoiser(lincomb(x, xc, list(zip(coefs, ds))), t_k)
                 if not ds:
                     x0 = pred.x0
+                    x = pred.renoised(x)  # x itself, except under guidance that renoises (cfg_pp)
                 ds.append(pred.eps - pred.x0 if flow else pred.eps)
             x = lincomb(x, step.out[0], list(zip(step.out[1], ds)))
             if callback is not None:

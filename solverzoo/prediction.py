@@ -86,6 +86,14 @@ class Prediction:
     def map(self, fn) -> Prediction:
         return Prediction(fn(self.x0), fn(self.eps))
 
+    def renoised(self, x: Tensor) -> Tensor:
+        """The state a solver continues from after evaluating the denoiser at ``x``: ``x`` itself
+        (the same tensor object). Guidance that renoises with another prediction than the guided one
+        (CFG++, :class:`solverzoo.guidance.RenoisedPrediction`) returns ``alpha x0 + sigma eps``, the
+        state at which its ``(x0, eps)`` pair is consistent. A solver declaring ``renoise = True``
+        continues from this state (or forms its steps with :meth:`lin` only)."""
+        return x
+
 
 def coefficients(kind: str, alpha, sigma, alpha_dot=None, sigma_dot=None):
     """``(x0_x, x0_out, eps_x, eps_out)`` of the affine map from ``(x, out)`` for ``kind``."""

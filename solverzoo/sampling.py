@@ -14,7 +14,7 @@ from solverzoo.noise import Generators, randn
 from solverzoo.prediction import Prediction
 from solverzoo.registry import registry
 from solverzoo.schedules import NoiseSchedule
-from solverzoo.solver import Callback, Solver
+from solverzoo.solver import Callback, Solver, check_renoise
 from solverzoo.timegrid import validate_grid
 
 
@@ -240,12 +240,14 @@ def sample(solver: Solver | str, denoiser: Denoiser, x: Tensor, grid: Tensor, *,
         UnknownComponentError: unknown solver name (with close matches).
         GridError: a grid that is not strictly decreasing, finite and inside the schedule.
         TypeError: an unknown solver option.
+        ValueError: guidance that renoises (``cfg_pp``) with a solver that does not declare ``renoise``.
         ValueError: a state that is not a floating tensor, or generators that do not match the batch.
         NonFiniteError: the model produced NaN/inf (names the first bad step).
     """
     if isinstance(solver, str):
         solver = registry.get("solver", solver)
     solver.check_options(options)
+    check_renoise(solver, denoiser)
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
         raise ValueError(f"x must be a floating-point tensor with a batch dimension, got {type(x).__name__} "
                          f"{getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")

@@ -43,6 +43,10 @@ class Solver:
         evals_per_step: denoiser evaluations per grid step (nominal; the final step may use fewer).
         needs: predictions the solver reads from the denoiser (``x0``, ``eps``).
         adaptive: True for adaptive-step reference solvers, which ignore interior grid points.
+        renoise: True when the loop continues from ``pred.renoised(x)`` after each denoiser call at
+            ``x`` (or forms its steps with ``pred.lin`` only), so guidance that renoises with another
+            prediction than the guided one (``cfg_pp``) steers it; running such guidance with a solver
+            that does not declare it is an error (:func:`check_renoise`), never a silently unguided run.
     """
 
     name: str = "solver"
@@ -51,6 +55,7 @@ class Solver:
     evals_per_step: int = 1
     needs: tuple[str, ...] = ("x0", "eps")
     adaptive: bool = False
+    renoise: bool = False
 
     # -- the two halves --------------------------------------------------------------------
     def plan(self, schedule: NoiseSchedule, grid: Tensor, **options) -> Any:
@@ -104,6 +109,7 @@ class Solver:
             **options: the solver's options (the keyword arguments of :meth:`plan`).
         """
         self.check_options(options)
+        check_renoise(self, denoiser)
         return self.loop(denoiser, x, grid, self.plan(denoiser.schedule, grid, **options),
                          generator=generator, callback=callback)
 
@@ -142,11 +148,23 @@ class Solver:
     def info(self) -> dict:
         return {"name": self.name, "order": self.order, "stochastic": self.stochastic,
                 "evals_per_step": self.evals_per_step, "needs": list(self.needs),
-                "adaptive": self.adaptive, "options": {k: repr(v) for k, v in self.options().items()},
+                "adaptive": self.adaptive, "renoise": self.renoise, "options": {k: repr(v) for k, v in self.options().items()},
                 "description": self.description}
 
     def __repr__(self) -> str:
         return f"<solver {self.name} order={self.order} {'SDE' if self.stochastic else 'ODE'}>"
+
+
+def check_renoise(solver: Solver, denoiser) -> None:
+    """Raise when ``denoiser`` renoises with another prediction than its guided one (CFG++) and
+    ``solver`` does not declare that it continues from the renoised state (``renoise = True``)."""
+    if getattr(denoiser, "renoise", False) and not getattr(solver, "renoise", False):
+        name = getattr(getattr(denoiser, "guidance", None), "name", type(denoiser).__name__)
+        raise ValueError(
+            f"guidance {name!r} renoises with the unconditional prediction (CFG++), and solver {solver.name!r} does "
+            "not declare that it honours that (Solver.renoise is False), so the run would not be what you asked for; "
+            "use a solver that declares renoise = True (solverzoo plugins --json lists it: ddim, euler, "
+            "euler_ancestral, heun, ...) or plain cfg with this solver")
 
 
 # -- signature checks (run by the registry when a solver is registered) -------------------------

@@ -21,6 +21,7 @@ from solverzoo.registry import UnknownComponentError, registry
 from solverzoo.sampling import initial_noise, sample
 from solverzoo.solver import Solver, signature_errors
 from solverzoo.testbeds import GaussianMixture, marginal_sample
+from solverzoo.testing.grid_conformance import check_grid_converges, check_grid_every_schedule, check_grid_pure
 from solverzoo.timegrid import validate_grid
 
 EDGE_GRIDS: tuple[tuple[str, int], ...] = (
@@ -311,6 +312,9 @@ CHECKS: tuple[Check, ...] = (
     Check("prediction_invariance", "solver", check_prediction_invariance, _ode),
     Check("sde_distribution", "solver", check_sde_distribution, _sde),
     Check("grid", "grid", check_grid, _parametric),
+    Check("grid_every_schedule", "grid", check_grid_every_schedule, _parametric),
+    Check("grid_pure", "grid", check_grid_pure, _parametric),
+    Check("grid_converges", "grid", check_grid_converges, _parametric),
 )
 """Every packaged check, in the order they run."""
 
@@ -379,3 +383,11 @@ def run_conformance(name: str) -> ConformanceResult:
         else:
             result.passed.append(check.name)
     return result
+
+
+def run_guidance_conformance(name: str, options=None) -> None:
+    """The guidance checks (:mod:`solverzoo.testing.conformance_guidance`) on the registered guidance
+    ``name``, built with ``options`` (a dict, or ``(model) -> dict``); raises AssertionError naming the failure."""
+    from solverzoo.testing.conformance_guidance import check_guidance
+
+    check_guidance(name, options)

@@ -38,6 +38,7 @@ class EulerAncestral(Solver):
     name = "euler_ancestral"
     order = 1
     stochastic = True
+    renoise = True  # the step reads x0 and eps through pred.lin only, so CFG++ (cfg_pp) renoises with eps_uncond
 
     def plan(self, schedule, grid, *, eta: float = 1.0, s_noise: float = 1.0):
         if not 0.0 <= eta <= 1.0:

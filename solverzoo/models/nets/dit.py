@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from solverzoo.caching import StackSpec
+from solverzoo.perturb import PerturbSpec
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -95,6 +96,28 @@ DIT_STACK = StackSpec(
 """How caches drive :class:`DiT`'s blocks (see :mod:`solverzoo.caching`)."""
 
 
+def _dit_qkv(attn: Attention, args: tuple, kwargs: dict):
+    """Per-head ``(q, k, v)`` of the self-attention call ``attn(x)``, as :meth:`Attention.forward` forms them."""
+    x = args[0]
+    B, N, _ = x.shape
+    q = attn.q(x).reshape(B, N, attn.heads, -1).transpose(1, 2)
+    k, v = attn.kv(x).reshape(B, N, 2, attn.heads, -1).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+DIT_PERTURB = PerturbSpec(
+    "blocks",
+    skip=lambda blk, a, k: a[0],
+    attention="attn",
+    qkv=_dit_qkv,
+    project=lambda attn, y, a, k: attn.out(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)),
+    token_grid=lambda net, n: (net.grid, net.grid),
+    name="DiT",
+    description="solverzoo DiT: .blocks (skip: return h), self-attention .attn of each block over the patch grid",
+)
+"""Where perturbation guidance (PAG, SEG, SAG, SLG) finds :class:`DiT`'s blocks and self-attention."""
+
+
 class DiT(nn.Module):
     """Diffusion transformer over (B, C, H, W) inputs.
 
@@ -106,6 +129,7 @@ class DiT(nn.Module):
     """
 
     cache_stack = DIT_STACK  # caches (solverzoo.caching) may drive .blocks
+    perturb_spec = DIT_PERTURB  # perturbation guidance (solverzoo.perturb) may skip blocks or change .attn
 
     def __init__(self, in_channels: int = 4, input_size: int = 8, patch: int = 2, hidden: int = 128, depth: int = 6,
                  heads: int = 4, mlp_ratio: float = 4.0, text_dim: int | None = 384, num_classes: int | None = None):
