@@ -57,6 +57,8 @@ def _setup(gmm, schedule, prediction, grid):
     ("vp", "v", "karras", "euler", {"frame": "flow"}),
     ("flow", "velocity", "flow_shift", "ddim", {}),
     ("flow", "velocity", "flow_shift", "euler", {}),
+    ("vp", "epsilon", "logsnr", "lms", {"order": 1}),  # first-order Adams-Bashforth in the eps frame is DDIM
+    ("flow", "velocity", "flow_shift", "lms", {"order": 1}),
 ])
 def test_cfg_pp_equals_the_paper_ddim_update(gmm, schedule, prediction, grid, solver, opts):
     sched, g, den, x = _setup(gmm, schedule, prediction, grid)
@@ -88,7 +90,7 @@ def test_cfg_pp_prediction_contract(gmm):
     assert plain.renoised(x) is x  # every other prediction: the state itself, the same tensor
 
 
-@pytest.mark.parametrize("solver", ["dpmpp_2m", "lms", "unipc", "ddpm", "dop853"])
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc", "ddpm", "dop853"])
 def test_solvers_that_do_not_declare_renoise_refuse_cfg_pp(gmm, solver):
     _, g, den, x = _setup(gmm, "vp", "epsilon", "logsnr")
     s = sz.get_solver(solver)

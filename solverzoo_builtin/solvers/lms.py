@@ -23,6 +23,7 @@ class LMS(Solver):
 
     name = "lms"
     order = 4
+    renoise = True  # each step continues from pred.renoised(x) (CFG++ works)
 
     def plan(self, schedule, grid, *, order: int = 4, frame: str = "auto"):
         if order not in (1, 2, 3, 4):
@@ -43,6 +44,7 @@ class LMS(Solver):
         hist = []
         for i, (a, w) in enumerate(steps):
             pred = denoiser(x, grid[i])
+            x = pred.renoised(x)  # x itself, except under guidance that renoises (cfg_pp)
             hist.insert(0, pred.eps - pred.x0 if frame == "flow" else pred.eps)
             hist = hist[:4]
             x = lincomb(x, a, list(zip(w, hist)))
