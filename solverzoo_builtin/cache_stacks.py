@@ -1,5 +1,7 @@
-"""Block-stack declarations for diffusers transformers, so caches (:mod:`solverzoo.caching`) can
-drive them: ``DiTTransformer2DModel`` and ``SD3Transformer2DModel``.
+"""Block-stack declarations for diffusers networks, so caches (:mod:`solverzoo.caching`) can
+drive them: ``DiTTransformer2DModel``, ``SD3Transformer2DModel`` and ``FluxTransformer2DModel``
+(its dual-stream blocks, then its single-stream blocks, as one chain) for the transformer caches;
+``UNet2DModel`` and ``UNet2DConditionModel`` (a U-Net layout) for DeepCache.
 
 Registered by class name (kind ``cache_stack``), the way a plugin makes any third-party network
 cacheable. Nothing here imports diffusers: the specs only call the blocks they are given.
@@ -10,6 +12,7 @@ from torch import Tensor
 
 from solverzoo import hookimpl
 from solverzoo.caching import StackSpec
+from solverzoo_builtin.deepcache import UNetSpec
 
 
 # -- diffusers DiTTransformer2DModel: blk(hidden_states, ..., timestep=, class_labels=) -------
@@ -62,7 +65,41 @@ SD3 = StackSpec(
 )
 
 
+# -- diffusers FluxTransformer2DModel: dual-stream blocks, then single-stream blocks ---------
+# Both lists take (hidden_states=image, encoder_hidden_states=context, temb, image_rotary_emb,
+# joint_attention_kwargs) and return (context, image); a single-stream block concatenates the two
+# streams inside and splits them again, so the chain carries (image, context) throughout.
+def _flux_call(blk, args: tuple, kwargs: dict, streams: tuple) -> tuple:
+    ehs, hs = blk(**{**kwargs, "hidden_states": streams[0], "encoder_hidden_states": streams[1]})
+    return (hs, ehs)
+
+
+def _flux_indicator(blk, args: tuple, kwargs: dict) -> Tensor:
+    """``norm1`` (AdaLayerNormZero on ``temb``) of the first dual-stream block's image stream."""
+    return blk.norm1(kwargs["hidden_states"], emb=kwargs["temb"])[0]
+
+
+FLUX = StackSpec(
+    "transformer_blocks",
+    streams=lambda a, k: (k["hidden_states"], k["encoder_hidden_states"]),
+    call=_flux_call,
+    output=lambda s: (s[1], s[0]),
+    indicator=_flux_indicator,
+    name="FluxTransformer2DModel",
+    description="diffusers FluxTransformer2DModel: .transformer_blocks then .single_transformer_blocks, image and context",
+    then=("single_transformer_blocks",),
+)
+
+# -- diffusers UNets: down blocks, a middle block, up blocks --------------------------------
+UNET = UNetSpec(name="UNet2DModel", description="diffusers UNet2DModel: U-Net .down_blocks / .mid_block / .up_blocks")
+UNET_COND = UNetSpec(name="UNet2DConditionModel",
+                     description="diffusers UNet2DConditionModel: U-Net .down_blocks / .mid_block / .up_blocks")
+
+
 @hookimpl
 def register_cache_stacks(register):
     register(HF_DIT)
     register(SD3)
+    register(FLUX)
+    register(UNET)
+    register(UNET_COND)

@@ -1,4 +1,5 @@
-"""Built-in caches: TeaCache, first-block cache and TaylorSeer (see :mod:`solverzoo.caching`)."""
+"""Built-in caches: TeaCache, first-block cache and TaylorSeer for transformer block stacks, and
+DeepCache for U-Nets (:mod:`solverzoo_builtin.deepcache`); see :mod:`solverzoo.caching`."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ import torch
 
 from solverzoo import hookimpl
 from solverzoo.caching import Cache, rel_l1, scatter
+from solverzoo_builtin.deepcache import DeepCache
 
 
 def _check(name: str, value, lo: float = 0.0) -> float:
@@ -148,3 +150,4 @@ def register_caches(register):
     register(TeaCache)
     register(FirstBlockCache)
     register(TaylorSeer)
+    register(DeepCache)

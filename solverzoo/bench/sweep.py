@@ -33,7 +33,7 @@ from solverzoo.bench.records import (
 )
 from solverzoo.bench.reference_set import load_reference, write_floor
 from solverzoo.bench.validate import ConfigError, validate_config
-from solverzoo.caching import CacheError, find_stack
+from solverzoo.caching import CacheError, drives, find_stack
 from solverzoo.registry import registry
 from solverzoo.timegrid import GridError
 
@@ -72,11 +72,15 @@ def _applicable_caches(sw: dict, backbone, skipped: list | None) -> list[tuple[s
     caches = [_cache_entry(c) for c in sw.get("caches") or ["none"]]
     if any(c != "none" for c, _ in caches):
         try:
-            find_stack(backbone.model.net)
+            found = find_stack(backbone.model.net)  # (network, layout): a cache drives only the layouts it knows
+            unfit = [c for c, _ in caches if c != "none" and found is not None and not drives(c, found[1])]
+            reason = f"{type(found[0]).__name__} declares a {type(found[1]).__name__}, which they do not drive" if unfit else ""
         except CacheError as exc:
+            unfit, reason = [c for c, _ in caches if c != "none"], str(exc)
+        if unfit:
             if skipped is not None:
-                skipped.append(f"caches {[c for c, _ in caches if c != 'none']} skipped on {backbone.name}: {exc}")
-            caches = [c for c in caches if c[0] == "none"]
+                skipped.append(f"caches {unfit} skipped on {backbone.name}: {reason}")
+            caches = [c for c in caches if c[0] not in unfit]
     return caches
 
 
