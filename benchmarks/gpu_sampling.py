@@ -97,19 +97,22 @@ def check_sync_free(net, cfg, sched, conds, device, steps=10, batch=8):
     rows = []
     for name in registry.names("solver"):
         solver = registry.get("solver", name)
-        if solver.is_stochastic() or solver.adaptive:
+        if solver.adaptive:
             continue
         den = denoiser(net, cfg, sched, conds, batch)
         x = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(device)
-        row = {"solver": name, "steps": steps, "batch": batch}
+        row = {"solver": name, "steps": steps, "batch": batch, "stochastic": solver.is_stochastic()}
+        # stochastic solvers draw step noise on the generators' device: CUDA generators keep it there
+        gen = (lambda: sz.generators(range(batch), device=device)) if solver.is_stochastic() else (lambda: None)
         try:
             plan = solver.plan(sched, grid)
             with torch.no_grad():
-                solver.loop(den, x, grid, plan)  # warm-up (first-call allocations) outside the check
+                solver.loop(den, x, grid, plan, generator=gen())  # warm-up (first-call allocations) outside the check
+                g = gen()
                 if device == "cuda":
                     torch.cuda.set_sync_debug_mode("error")
                 try:
-                    out = solver.loop(den, x, grid, plan)
+                    out = solver.loop(den, x, grid, plan, generator=g)
                 finally:
                     if device == "cuda":
                         torch.cuda.set_sync_debug_mode(0)
@@ -176,7 +179,10 @@ def compile_speed(net, cfg, sched, conds, device, solver_name="dpmpp_2m", steps=
 
 
 def cache_speed(net, cfg, sched, conds, device, solver_name="dpmpp_2m", steps=50, batch=64):
-    names = registry.names("cache")
+    from solverzoo.caching import drives, find_stack
+
+    layout = find_stack(net)[1]
+    names = [n for n in registry.names("cache") if drives(n, layout)]  # deepcache drives UNets, not this DiT
     solver = registry.get("solver", solver_name)
     grid = sz.get_grid("flow_shift")(sched, steps, shift=2.0)
     x = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(device)
@@ -202,7 +208,9 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/gpu_sampling.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--parts", default="sync,graph,caches,compile", help="comma list of: sync, graph, caches, compile")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     if a.prepare:
         prepare(a.prepare)
         return
@@ -218,16 +226,19 @@ def main():
         with open(a.out, "w") as fh:
             json.dump(res, fh, indent=2)
 
-    res["sync_free"] = check_sync_free(bnet, cfg, sched, conds, a.device)
-    save()
-    res["cuda_graph"] = graph_speed(bnet, cfg, sched, conds, a.device)
-    save()
-    try:
-        res["caches"] = cache_speed(bnet, cfg, sched, conds, a.device)
-    except Exception as e:  # noqa: BLE001
-        res["caches"] = {"error": f"{type(e).__name__}: {e}"}
-    save()
-    if not a.skip_compile:
+    if "sync" in parts:
+        res["sync_free"] = check_sync_free(bnet, cfg, sched, conds, a.device)
+        save()
+    if "graph" in parts:
+        res["cuda_graph"] = graph_speed(bnet, cfg, sched, conds, a.device)
+        save()
+    if "caches" in parts:
+        try:
+            res["caches"] = cache_speed(bnet, cfg, sched, conds, a.device)
+        except Exception as e:  # noqa: BLE001
+            res["caches"] = {"error": f"{type(e).__name__}: {e}"}
+        save()
+    if not a.skip_compile and "compile" in parts:
         try:
             res["compile"] = compile_speed(bnet, cfg, sched, conds, a.device)
         except Exception as e:  # noqa: BLE001

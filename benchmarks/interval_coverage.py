@@ -219,13 +219,21 @@ def main(argv=None) -> int:
 
     import solverzoo
     res.update(torch=torch.__version__, solverzoo=solverzoo.__version__, machine=platform.machine())
+    if args.out.is_file():  # a part run earlier (e.g. --parts real, then --parts cells) is kept
+        old = json.loads(args.out.read_text())
+        res.update({k: old[k] for k in ("real", "cells") if k in old and k not in args.parts.split(",")})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        args.out.write_text(json.dumps(res, indent=1, default=float))
+
     if "real" in args.parts:
         res["real"] = part_real(args.sets, args.n, args.work / "cache")
+        save()
     if "cells" in args.parts:
         res["cells"] = part_cells(run_cells(args.work, args.sets), args.sets)
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1, default=float))
+        save()
     for part in ("real", "cells"):
         for name, c in res.get(part, {}).get("coverage", {}).items():
             print(f"{part:5s} {name:70s} {c['covered']:3d}/{c['n']:<3d} = {c['coverage']:.2f} "

@@ -1,5 +1,5 @@
 """The ``solverzoo`` command line: ``plugins``, ``verify``, ``conformance``, ``sample``, ``bench``, ``report``,
-``optimise-grid``, ``train``."""
+``optimise-grid``, ``tune``, ``train``."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ from solverzoo.bench.records import ResultsError
 from solverzoo.cli_common import UsageError, warn
 from solverzoo.cli_components import cmd_conformance, cmd_plugins, cmd_verify
 from solverzoo.cli_sample import cmd_sample
+from solverzoo.cli_tune import add_parser as add_tune_parser
 from solverzoo.models.weights import WeightsError
 from solverzoo.registry import PluginError, UnknownComponentError
 
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     pl = sub.add_parser("plugins", help="list every registered component and failed plugin")
     pl.add_argument("--json", action="store_true", help="print a JSON list, one object per component")
+    pl.add_argument("--markdown", action="store_true", help="print the README's zoo table (built-in solvers, grids, guidance)")
+    pl.add_argument("--readme", metavar="PATH", help="write the zoo table into PATH between its zoo-table markers")
     pl.set_defaults(fn=cmd_plugins)
     v = sub.add_parser("verify", help="measure a solver's accuracy and order on the analytic Gaussian-mixture testbed")
     v.add_argument("solver", nargs="?")
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="measure the endpoint error on the solver's state or on the decoded images")
     og.add_argument("--device", default="cpu")
     og.set_defaults(fn=cmd_optimise_grid)
+    add_tune_parser(sub)
     tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/models/configs)")
     tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow", "digits_classifier", "digits_dit", "clip"])
     tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")

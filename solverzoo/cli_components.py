@@ -32,7 +32,62 @@ def _component_rows() -> list[dict]:
     return rows
 
 
+TABLE_START, TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+TABLE_KINDS = ("solver", "grid", "guidance")
+
+
+def _source(obj) -> str:
+    """The docstring's opening sentence on one line (it names the method and its paper), at most 160 characters."""
+    import inspect
+    import re
+
+    doc = inspect.getdoc(obj if isinstance(obj, type) or callable(obj) and not hasattr(obj, "fn") else obj.fn) or ""
+    para = " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
+    first = re.split(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s", para, maxsplit=1)[0].rstrip(".")
+    if len(first) > 160:  # cut, closing a code span the cut left open
+        first = first[:159].rstrip() + ("``" if first[:159].count("``") % 2 else "") + "…"
+    return first.replace("|", "\\|") or "(no docstring)"
+
+
+def zoo_table(origin: str = "solverzoo") -> str:
+    """The README's zoo table (markdown) of the solvers, grids and guidance methods that distribution
+    ``origin`` registers (built-ins by default, so installed third-party plugins never change it)."""
+    lines = ["| name | kind | order | evals/step | stochastic | parametrisations | source | origin |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in registry.entries():
+        if e.kind not in TABLE_KINDS or e.origin.split(" ")[0] != origin:
+            continue
+        obj, dash = e.obj, "—"
+        if e.kind == "solver":
+            cells = [str(obj.order), str(obj.evals_per_step), "yes" if obj.stochastic else "no",
+                     f"any (reads {', '.join(obj.needs)})", _source(type(obj))]
+        else:
+            cells = [dash, dash, dash, "any", _source(obj)]
+        lines.append(f"| `{e.name}` | {e.kind} | " + " | ".join(cells) + f" | {e.origin.split(' ')[0]} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_table(text: str, table: str, where: str = "README.md") -> str:
+    """``text`` with the block between :data:`TABLE_START` and :data:`TABLE_END` replaced by ``table``."""
+    if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1 or text.index(TABLE_START) > text.index(TABLE_END):
+        raise ValueError(f"{where} needs exactly one {TABLE_START} line followed by one {TABLE_END} line around the zoo "
+                         "table; add them, then run `solverzoo plugins --markdown --readme README.md`")
+    head, rest = text.split(TABLE_START)
+    return head + TABLE_START + "\n" + table + TABLE_END + rest.split(TABLE_END, 1)[1]
+
+
 def cmd_plugins(args) -> int:
+    if getattr(args, "markdown", False) or getattr(args, "readme", None):
+        table = zoo_table()
+        if not args.readme:
+            print(table, end="")
+            return 0
+        from pathlib import Path
+
+        path = Path(args.readme)
+        path.write_text(replace_table(path.read_text(), table, str(path)))
+        print(f"updated the zoo table in {path}")
+        return 0
     rows = _component_rows()
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -47,6 +47,9 @@ class Solver:
             ``x`` (or forms its steps with ``pred.lin`` only), so guidance that renoises with another
             prediction than the guided one (``cfg_pp``) steers it; running such guidance with a solver
             that does not declare it is an error (:func:`check_renoise`), never a silently unguided run.
+        verify_nfes: the NFE ladder on which ``solverzoo verify`` and the conformance order check measure
+            the empirical order (None: :data:`solverzoo.testing.verify.DEFAULT_NFES`, 16 to 256); set it
+            for a method whose asymptotic regime starts later on the testbed, and say why where it is set.
     """
 
     name: str = "solver"
@@ -56,6 +59,7 @@ class Solver:
     needs: tuple[str, ...] = ("x0", "eps")
     adaptive: bool = False
     renoise: bool = False
+    verify_nfes: tuple[int, ...] | None = None
 
     # -- the two halves --------------------------------------------------------------------
     def plan(self, schedule: NoiseSchedule, grid: Tensor, **options) -> Any:

@@ -96,3 +96,74 @@ def validate_grid(grid, schedule: NoiseSchedule | None = None, *, steps: int | N
         if g.min() < lo - tol or g.max() > hi + tol:
             raise GridError(f"{name}: times must lie in the schedule's range [{lo:g}, {hi:g}], got [{g.min():g}, {g.max():g}]")
     return grid
+
+
+# -- sigma-space grids ------------------------------------------------------------------------
+# A sigma-space grid (karras, exponential, kl_optimal, ...) is a list of noise levels in one of two
+# coordinates, both monotone functions of the half log-SNR lambda = log(alpha / sigma), so every
+# schedule maps them to its own time through ``schedule.t_of_lam`` (its own inverse):
+#   "ve":   sigma_ve = sigma / alpha = exp(-lambda)             (k-diffusion's / EDM's sigma, in [0, inf))
+#   "flow": u = sigma / (alpha + sigma) = sigmoid(-lambda)        (rectified flow's sigma, in [0, 1])
+# "auto" picks "flow" on a flow path (alpha + sigma == 1, any shift) and "ve" elsewhere: what ComfyUI
+# does (its schedulers run on the model's own sigmas, which are the flow sigma for flow models).
+SIGMA_SPACES = ("auto", "ve", "flow")
+VE_SIGMA_CAP = 1e4
+"""Largest VE sigma a grid starts from: ``alpha(t_max) == 0`` (rectified flow, zero terminal SNR)
+makes the VE sigma at ``t_max`` infinite."""
+
+
+def is_flow_path(schedule: NoiseSchedule) -> bool:
+    """True when ``alpha(t) + sigma(t) == 1`` along the schedule (checked at 9 times to 1e-12)."""
+    t = torch.linspace(schedule.t_zero, schedule.t_max, 9, dtype=torch.float64)
+    a, s = schedule.alpha_sigma(t)
+    return bool(torch.all((a + s - 1.0).abs() <= 1e-12))
+
+
+def resolve_space(schedule: NoiseSchedule, space: str, name: str = "grid") -> str:
+    """``"ve"`` or ``"flow"`` for the ``space`` option of a sigma-space grid (see :data:`SIGMA_SPACES`)."""
+    if space not in SIGMA_SPACES:
+        raise GridError(f"{name}: space must be one of {SIGMA_SPACES} ('ve': sigma / alpha, 'flow': "
+                        f"sigma / (alpha + sigma), 'auto': flow on flow paths, ve elsewhere), got {space!r}")
+    if space == "auto":
+        return "flow" if is_flow_path(schedule) else "ve"
+    return space
+
+
+def grid_sigma(schedule: NoiseSchedule, t, space: str) -> Tensor:
+    """The noise level of time(s) ``t`` in ``space`` (``"ve"`` or ``"flow"``), float64."""
+    a, s = schedule.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+    return s / a if space == "ve" else s / (a + s)
+
+
+def sigma_range(schedule: NoiseSchedule, space: str, sigma_min: float | None = None,
+                sigma_max: float | None = None, name: str = "grid") -> tuple[float, float]:
+    """``(sigma_min, sigma_max)`` in ``space``: the schedule's ``t_min`` and ``t_max`` unless given
+    (a VE sigma_max is capped at :data:`VE_SIGMA_CAP`)."""
+    smin = float(grid_sigma(schedule, schedule.t_min, space)) if sigma_min is None else float(sigma_min)
+    smax = float(grid_sigma(schedule, schedule.t_max, space)) if sigma_max is None else float(sigma_max)
+    if space == "ve":
+        smax = min(smax, VE_SIGMA_CAP)
+    if not 0 < smin < smax:
+        raise GridError(f"{name}: need 0 < sigma_min < sigma_max, got sigma_min={smin:g}, sigma_max={smax:g} ({space} space)")
+    return smin, smax
+
+
+def times_of_sigmas(schedule: NoiseSchedule, sigmas, space: str, name: str = "grid", rtol: float = 1e-6) -> Tensor:
+    """Map noise levels in ``space`` to the schedule's times through its own log-SNR inverse.
+
+    Zero maps to ``t_zero``; a level at the top of the schedule's range (within ``rtol``) maps to
+    ``t_max`` exactly; a level beyond the schedule's range is a :class:`GridError`."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).clone()
+    top = float(grid_sigma(schedule, schedule.t_max, space))
+    cap = min(top, VE_SIGMA_CAP) if space == "ve" else top
+    if bool((sig < 0).any()) or bool((sig > cap * (1 + rtol)).any()):
+        raise GridError(f"{name}: noise levels must lie in [0, {cap:g}] ({space} sigma of this schedule), "
+                        f"got [{float(sig.min()):g}, {float(sig.max()):g}]; lower sigma_max or use another schedule")
+    if space == "ve":
+        t = schedule.t_of_sigma_ve(sig.clamp_min(1e-300))
+    else:
+        u = sig.clamp(1e-300, 1.0)
+        t = schedule.t_of_lam(torch.log1p(-u) - torch.log(u))
+    t = torch.where(sig == 0, torch.full_like(t, schedule.t_zero), t)
+    t = torch.where(sig >= top * (1 - rtol), torch.full_like(t, schedule.t_max), t)
+    return t.clamp(min(schedule.t_zero, schedule.t_max), max(schedule.t_zero, schedule.t_max))

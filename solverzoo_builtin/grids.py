@@ -4,7 +4,18 @@
 diffusers defines them on a T-step discrete schedule (continuous schedules use a virtual
 T = 1000); ``karras`` is EDM's rho-schedule (Karras et al., 2022); ``logsnr`` is uniform in
 log-SNR (DPM-Solver, Lu et al., 2022); ``flow_shift`` is SD3's shifted uniform grid
-(Esser et al., 2024); ``explicit`` takes a list of times.
+(Esser et al., 2024); ``explicit`` takes a list of times. The ComfyUI / k-diffusion family
+(``exponential``, ``polyexponential``, ``vp``, ``beta``, ``kl_optimal``, ``linear_quadratic``,
+``simple``, ``sgm_uniform``, ``ddim_uniform``, ``laplace``, ``ays``) lives in
+:mod:`solverzoo_builtin.grids_comfy`.
+
+Sigma-space grids take ``space``: the noise coordinate their formula is written in (``"ve"``:
+``sigma / alpha``; ``"flow"``: ``sigma / (alpha + sigma)``; ``"auto"``: flow on flow paths, VE
+elsewhere), mapped onto any schedule through its own log-SNR inverse
+(:func:`solverzoo.timegrid.times_of_sigmas`). Index-space grids (``leading``, ``simple``, ...) pick
+training indices of a T-step discrete schedule, or of the virtual T = 1000 table of a continuous
+one (``schedule.index_to_t``: index i is time ``(i + 1) / 1000`` of [t_zero, t_max], the table of
+ComfyUI's flow models).
 """
 from __future__ import annotations
 
@@ -12,7 +23,7 @@ import numpy as np
 import torch
 
 from solverzoo import hookimpl, time_grid
-from solverzoo.timegrid import GridError
+from solverzoo.timegrid import GridError, resolve_space, sigma_range, times_of_sigmas
 
 _FINALS = ("zero", "none")
 
@@ -76,15 +87,22 @@ def _sigma_range(schedule, sigma_min, sigma_max):
 
 @time_grid("karras")
 def karras(schedule, steps, *, sigma_min: float | None = None, sigma_max: float | None = None,
-           rho: float = 7.0, final: str = "zero"):
-    """Karras et al. (2022) rho-spaced VE sigmas between sigma_max and sigma_min (schedule's range by default)."""
+           rho: float = 7.0, final: str = "zero", space: str = "ve"):
+    """Karras et al. (2022) rho-spaced sigmas between sigma_max and sigma_min (schedule's range by default).
+
+    ``space="ve"`` (default) spaces VE sigmas; ``"flow"`` / ``"auto"`` space flow sigmas on flow
+    paths, as ComfyUI's ``karras`` does for flow models."""
     _check_final(final)
-    smin, smax = _sigma_range(schedule, sigma_min, sigma_max)
+    sp = resolve_space(schedule, space, "karras")
+    smin, smax = sigma_range(schedule, sp, sigma_min, sigma_max, "karras")
     n = steps if final == "zero" else steps + 1
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-    t = schedule.t_of_sigma_ve(sig)
-    t[0] = min(float(t[0]), schedule.t_max)
+    if sp == "ve":
+        t = schedule.t_of_sigma_ve(sig)
+        t[0] = min(float(t[0]), schedule.t_max)
+    else:
+        t = times_of_sigmas(schedule, sig, sp, "karras")
     return _finish(schedule, t, final)
 
 
@@ -136,5 +154,7 @@ def optimised(schedule, steps, *, key: str = ""):
 
 @hookimpl
 def register_grids(register):
-    for g in (leading, linspace, trailing, karras, logsnr, flow_shift, explicit, optimised):
+    from solverzoo_builtin.grids_comfy import GRIDS
+
+    for g in (leading, linspace, trailing, karras, logsnr, flow_shift, explicit, optimised, *GRIDS):
         register(g)

@@ -54,31 +54,23 @@ def make_extractor(kind: str, backbone, cfg: dict) -> Extractor:
     if kind == "domain":
         spec = backbone.world.features() if backbone.world is not None else None
         if spec is None:
-            raise MetricUnavailable(f"backbone {backbone.name!r} has no domain classifier; use metrics.feature=inception or clip")
+            why = backbone.world.not_applicable.get("fid") if backbone.world is not None else None
+            raise MetricUnavailable(why or f"backbone {backbone.name!r} has no domain classifier; use metrics.feature=inception "
+                                    "or clip")
         if not spec.images:  # coordinates, not images: never resized
             return Extractor(spec.name, spec.weights_hash, int(spec.num_features), spec.fn)
         return Extractor(spec.name, spec.weights_hash, int(spec.num_features), spec.fn, cfg.get("resize"),
                          cfg.get("antialias", True))
     if kind == "inception":
+        from solverzoo.models.inception import file_sha, how_to_get_weights, load_fid_inception, to_uint8
+
         path = cfg.get("inception_weights")
         if not path or not Path(path).is_file():
-            raise MetricUnavailable(
-                "feature=inception needs the FID Inception weights as a local file: download "
-                "pt_inception-2015-12-05-6726825d.pth (github.com/toshas/torch-fidelity releases) once and set "
-                "metrics.inception_weights=/path/to/it; it also needs `pip install torch-fidelity`")
-        from solverzoo.models.safe_load import load_state_dict_safely, torch_fidelity_inception
-
-        # read here with weights_only=True (or safetensors): torch-fidelity would torch.load the path unsafely
-        state = load_state_dict_safely(path, what="Inception weights")
-        try:
-            import torch_fidelity.feature_extractor_inceptionv3  # noqa: F401
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except Exception as exc:  # noqa: BLE001
-            raise MetricUnavailable(f"feature=inception needs torch-fidelity: pip install torch-fidelity ({exc})")
-        net = torch_fidelity_inception(NoTrainInceptionV3, state)
-        to_uint8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).expand(-1, 3, -1, -1)  # noqa: E731
-        return Extractor("inception-v3-compat pool3", hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16], 2048,
-                         lambda x: net(to_uint8(x)).reshape(len(x), -1), cfg.get("resize") or 299, cfg.get("antialias", True))
+            raise MetricUnavailable(f"feature=inception: {how_to_get_weights('metrics.inception_weights')}")
+        mode = "antialias" if cfg.get("antialias", True) else "tf1"  # torchmetrics' default / torch-fidelity's
+        net = load_fid_inception(path, resize=mode)  # self-contained: no torch-fidelity, no torchvision
+        return Extractor(f"inception-v3-compat pool3 (uint8, {mode} resize to 299)", file_sha(path), 2048,
+                         lambda x: net.to(x.device)(to_uint8(x)), cfg.get("resize"), cfg.get("antialias", True))
     if kind == "clip":
         model_id = cfg.get("clip_model")
         if not model_id:

@@ -79,6 +79,15 @@ def load_reference(bb, mcfg: dict, extractor: Extractor | None, cache_dir: Path,
 
         z = load_npz_safely(rc["path"], what="reference npz", keys=("mu", "sigma"))  # allow_pickle=False
         return Reference(ident, z["mu"].astype(np.float64), z["sigma"].astype(np.float64), int(z.get("n", 10000)), None, prompts)
+    own = getattr(world, "reference_statistics", None)  # a world whose reference is precomputed statistics
+    st = own() if rc["kind"] == "world" and callable(own) else None
+    if st is not None:
+        if len(st["mu"]) != extractor.num_features:
+            raise MetricUnavailable(f"the reference statistics {st.get('path')} have {len(st['mu'])} features but the "
+                                    f"extractor {extractor.name} gives {extractor.num_features}")
+        ident.update(path=st.get("path"), statistics=True)
+        return Reference(ident, st["mu"], st["sigma"], int(st.get("n") or 10000), None, prompts,
+                         info={"source": f"statistics {st.get('path')}", "n_used": st.get("n")})
     cache = cache_dir / f"reference-{config_hash(ident)}.safetensors"
     feats = None
     info: dict = {"cache_path": str(cache)}

@@ -145,9 +145,10 @@ def check_edge_grid(name: str, grid_name: str, steps: int) -> None:
     gmm = _gmm()
     den = gmm.model(sched, "v").denoiser()  # v-prediction is finite at every noise level
     grid = _grid(grid_name, sched, steps)
-    x = initial_noise(sched, grid[0], (3, 4), generators(range(3)), dtype=torch.float64)
+    n = 16  # the landing check is on the median: a systematic miss, not one sample's tail
+    x = initial_noise(sched, grid[0], (n, 4), generators(range(n)), dtype=torch.float64)
     seen: list[float] = []
-    res = sample(name, den, x, grid, generator=generators(range(3)), callback=lambda d: seen.append(float(d["t"])))
+    res = sample(name, den, x, grid, generator=generators(range(n)), callback=lambda d: seen.append(float(d["t"])))
     where = f"on grid {grid_name} with {steps} step(s)"
     if not torch.isfinite(res.x).all():
         raise _fail(name, f"NaN/inf {where}")
@@ -158,10 +159,12 @@ def check_edge_grid(name: str, grid_name: str, steps: int) -> None:
     if _solver(name).evals_per_step == 1 and res.nfe != steps:
         raise _fail(name, f"made {res.nfe} model evaluations for {steps} step(s) {where} but declares "
                     "evals_per_step = 1")
+    if _solver(name).stochastic and 1 < steps < 10:
+        return  # a handful of SDE steps is not expected to land on the data (their law is checked elsewhere)
     d = torch.cdist(res.x.double(), gmm.means).min(dim=1).values
-    limit = 6 * float(gmm.stds.max()) + (3.0 if steps == 1 else 0.0)
-    if not (d < limit).all():
-        raise _fail(name, f"end point is {float(d.max()):.3g} from the nearest mixture mean {where} (limit "
+    limit = 6 * float(gmm.stds.max()) + (3.0 if steps == 1 else 1.0 if steps < 10 else 0.0)
+    if not float(d.median()) < limit:
+        raise _fail(name, f"end points are a median {float(d.median()):.3g} from the nearest mixture mean {where} (limit "
                     f"{limit:.3g})", "does it step to grid[-1], the clean end of the grid?")
 
 

@@ -1,6 +1,7 @@
 """Accuracy verification of any registered solver on the analytic Gaussian-mixture testbed.
 
-The solver runs at a ladder of NFEs from the same exact samples of ``x_T`` to a fixed end
+The solver runs at a ladder of NFEs (:data:`DEFAULT_NFES`, or the solver's own ``verify_nfes`` where
+its asymptotic regime starts later) from the same exact samples of ``x_T`` to a fixed end
 time ``t_min > 0`` (so a final jump to sigma = 0 does not mask the convergence order); the
 reference is the registered ``dop853`` solver (scipy's DOP853, flow frame, float64, tight
 tolerances) on the same probability-flow ODE of the same exact model. Reported per NFE: median
@@ -84,12 +85,32 @@ def fit_order(nfes, errors, floor: float = 1e-9) -> float | None:
     return float(-np.polyfit(xs, ys, 1)[0])
 
 
-def verify(solver: Solver | str, *, nfes=DEFAULT_NFES, schedule: str = "vp", schedule_options: dict | None = None,
+def ladder(solver: Solver, nfes=None) -> tuple[int, ...]:
+    """The NFE ladder to verify ``solver`` on: ``nfes`` if given, else the solver's own ``verify_nfes``
+    (a :class:`~solverzoo.solver.Solver` attribute), else :data:`DEFAULT_NFES`.
+
+    Raises:
+        ValueError: a ladder that is not at least two increasing positive integers.
+    """
+    chosen = nfes if nfes is not None else (getattr(solver, "verify_nfes", None) or DEFAULT_NFES)
+    where = "nfes" if nfes is not None else f"{type(solver).__name__}.verify_nfes"
+    try:
+        out = tuple(int(v) for v in chosen)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a sequence of NFEs (positive integers), got {chosen!r}") from None
+    if len(out) < 2 or out[0] < 1 or any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"{where} must hold at least two increasing positive NFEs, got {chosen!r}")
+    return out
+
+
+def verify(solver: Solver | str, *, nfes=None, schedule: str = "vp", schedule_options: dict | None = None,
            grid: str = "logsnr", prediction: str = "epsilon", n: int = 128, dim: int = 4, seed: int = 0,
            options: dict | None = None) -> VerifyReport:
-    """Run ``solver`` on the Gaussian-mixture testbed at each NFE of ``nfes`` (see module doc)."""
+    """Run ``solver`` on the Gaussian-mixture testbed at each NFE of the ladder (see module doc):
+    ``nfes`` if given, else the solver's ``verify_nfes``, else :data:`DEFAULT_NFES` (:func:`ladder`)."""
     if isinstance(solver, str):
         solver = registry.get("solver", solver)
+    nfes = ladder(solver, nfes)
     options = dict(options or {})
     solver.check_options(options)
     sched = registry.get("schedule", schedule)(**(schedule_options or {}))
