@@ -52,8 +52,10 @@ def _source(obj) -> str:
 def zoo_table(origin: str = "solverzoo") -> str:
     """The README's zoo table (markdown) of the solvers, grids and guidance methods that distribution
     ``origin`` registers (built-ins by default, so installed third-party plugins never change it)."""
-    lines = ["| name | kind | order | evals/step | stochastic | parametrisations | source | origin |",
-             "|---|---|---|---|---|---|---|---|"]
+    from solverzoo.peers import peers
+
+    lines = ["| name | kind | order | evals/step | stochastic | parametrisations | source | also in | origin |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for e in registry.entries():
         if e.kind not in TABLE_KINDS or e.origin.split(" ")[0] != origin:
             continue
@@ -63,6 +65,7 @@ def zoo_table(origin: str = "solverzoo") -> str:
                      f"any (reads {', '.join(obj.needs)})", _source(type(obj))]
         else:
             cells = [dash, dash, dash, "any", _source(obj)]
+        cells.append(peers(e.kind, e.name))
         lines.append(f"| `{e.name}` | {e.kind} | " + " | ".join(cells) + f" | {e.origin.split(' ')[0]} |")
     return "\n".join(lines) + "\n"
 
