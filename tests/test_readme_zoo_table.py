@@ -26,14 +26,17 @@ def _cells(row: str) -> list[str]:
 
 def test_table_lists_every_builtin_solver_grid_and_guidance():
     rows = zoo_table().splitlines()
-    assert rows[0].startswith("| name | kind | order | evals/step | stochastic |") and len(_cells(rows[1])) == 10
+    assert rows[0].startswith("| name | kind | order | evals/step | stochastic |") and len(_cells(rows[1])) == 11
     names = {_cells(r)[1].strip().strip("`") for r in rows[2:]}
     builtin = {e.name for e in registry.entries()
                if e.kind in ("solver", "grid", "guidance") and e.origin.split(" ")[0] == "solverzoo"}
     assert names == builtin
     heun = _cells(next(r for r in rows if r.startswith("| `heun` |")))
     assert [c.strip() for c in heun[2:6]] == ["solver", "2", "2", "no"] and "Karras et al. 2022" in heun[7]
-    assert all(len(_cells(r)) == 10 for r in rows), "a docstring broke the table (an unescaped '|')"
+    assert heun[8].strip() == "k-diffusion, diffusers, ComfyUI"  # the peers column (solverzoo/peers.py)
+    restart = _cells(next(r for r in rows if r.startswith("| `restart` |")))
+    assert restart[8].strip() == "solverzoo only"
+    assert all(len(_cells(r)) == 11 for r in rows), "a docstring broke the table (an unescaped '|')"
 
 
 def test_readme_option_rewrites_between_markers(tmp_path, capsys):
