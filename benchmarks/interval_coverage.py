@@ -205,6 +205,19 @@ def part_cells(results: Path, sets: int) -> dict:
     return out
 
 
+def calibration_summary(res: dict) -> dict:
+    """The rows the report prints (``solverzoo/bench/interval_calibration.json``)."""
+    rows = []
+    for part in ("real", "cells"):
+        for name, c in res.get(part, {}).get("coverage", {}).items():
+            interval, _, truth = name.partition(" (truth: ")
+            rows.append({"interval": interval + (" (real images)" if part == "real" else ""), "truth": truth.rstrip(")"),
+                         **{k: c[k] for k in ("covered", "n", "coverage", "coverage_ci95")}})
+    what = (f"{res['sets']} independent replicates at N = {res['n']} on shapes-flow (real images: fresh prompts and images; "
+            f"cells: sweep=coverage seed sets, fixed prompt set), truth pooled over the replicates; {res['command']}")
+    return {"what": what, "rows": rows, "torch": res.get("torch"), "solverzoo": res.get("solverzoo")}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", type=int, default=20, help="independent replicates (at least 20 for the issue's target)")
@@ -212,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/solverzoo-coverage"), help="results and cache folder")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/interval_coverage.json"))
     ap.add_argument("--parts", default="real,cells", help="comma list: real, cells")
+    ap.add_argument("--calibration-out", type=Path, default=Path("solverzoo/bench/interval_calibration.json"),
+                    help="where the report's coverage table is written (package data)")
     ap.add_argument("--converged-steps", type=int, default=None,
                     help="metrics.converged.steps for part B's cells (default: the harness's, 24)")
     args = ap.parse_args(argv)
@@ -241,6 +256,8 @@ def main(argv=None) -> int:
         res["cells"] = part_cells(run_cells(args.work, args.sets, args.converged_steps), args.sets)
         res["cells"]["converged_steps"] = args.converged_steps or 24
         save()
+    args.calibration_out.write_text(json.dumps(calibration_summary(res), indent=1, default=float))
+    args.calibration_out.write_text(json.dumps(calibration_summary(res), indent=1, default=float))
     for part in ("real", "cells"):
         for name, c in res.get(part, {}).get("coverage", {}).items():
             print(f"{part:5s} {name:70s} {c['covered']:3d}/{c['n']:<3d} = {c['coverage']:.2f} "

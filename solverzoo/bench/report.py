@@ -43,7 +43,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     body += figs.nfe_figure(c, "clip_score", "nfe_vs_clip_score.png", "Cost vs CLIP score", "CLIP score")
     body += figs.tradeoff_section(c) + figs.samples_section(c)
     for section in (sec.seed_sets_section, sec.exact_section, sec.cache_section, sec.grid_section, sec.cost_section,
-                    sec.failed_section, sec.warnings_section):
+                    sec.plan_section, sec.calibration_section, sec.failed_section, sec.warnings_section):
         body += section(c)
     lines = sec.header(c) + summary_section(c) + body  # the summary reads the tables computed above
     (out / "index.md").write_text("\n".join(lines))

@@ -168,6 +168,39 @@ def cost_section(c: Ctx) -> list[str]:
     return lines + [""]
 
 
+def plan_section(c: Ctx) -> list[str]:
+    """The cost model's prediction (``plan.json``, written before the cells ran) next to what was measured."""
+    path = c.results_dir / "plan.json"
+    if not path.exists():
+        return []
+    p = json.loads(path.read_text())
+    measured = float(c.ok.wall_s.astype(float).sum()) if len(c.ok) else float("nan")
+    parts = ", ".join(f"{k[:-2]} {p[k]:.0f} s" for k in ("sampling_s", "converged_s", "metrics_s", "reference_s", "floor_s"))
+    return [f"Cost model (`bench/cost_model.py`, unit costs probed on this machine before the cells ran): {p['cells']} "
+            f"cells at N = {p['n']} predicted {p['total_s']:.0f} s ({parts}); the cells' measured wall time sums to "
+            f"{measured:.0f} s (converged solves included where a cell computed them; reference statistics and "
+            f"start-up are outside the cells). N was chosen by {p.get('chosen_by', 'the config')}.", ""]
+
+
+def calibration_section(c: Ctx) -> list[str]:
+    """The measured coverage of the report's nominal 95% intervals (``benchmarks/interval_coverage.py``)."""
+    from importlib import resources
+
+    f = resources.files("solverzoo.bench") / "interval_calibration.json"
+    if not f.is_file():
+        return []
+    cal = json.loads(f.read_text())
+    lines = ["## How well the intervals cover", "", f"Measured by `benchmarks/interval_coverage.py` ({cal['what']}): "
+             "the fraction of independent replicates whose nominal 95% interval held the truth, with a Clopper-Pearson "
+             "95% interval on that fraction. Read each interval in this report with its measured coverage.", "",
+             "| interval | truth | covered | coverage [95% CI] |", "|---|---|---|---|"]
+    for row in cal["rows"]:
+        lo, hi = row["coverage_ci95"]
+        lines.append(f"| {row['interval']} | {row['truth']} | {row['covered']}/{row['n']} | "
+                     f"{row['coverage']:.2f} [{lo:.2f}, {hi:.2f}] |")
+    return lines + [""]
+
+
 def failed_section(c: Ctx) -> list[str]:
     if not len(c.failed):
         return []
