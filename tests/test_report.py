@@ -185,3 +185,31 @@ def test_old_results_without_the_new_columns_render_and_say_not_measured(tmp_pat
     assert "## Best choice" in index and "## Steps to converge" in index and "## Cost" in index
     summary = index.split("## In short", 1)[1].split("\n## ", 1)[0]
     assert "beats" not in summary and "not measured" in summary
+
+
+def test_plan_and_calibration_sections(tmp_path, monkeypatch):
+    """The cost model's prediction is set against the cells' measured time, and the measured coverage
+    table is printed from the package's calibration file (when there is one)."""
+    import json
+
+    from solverzoo.bench import report_sections as sec
+    from solverzoo.bench.cost_model import write_plan
+
+    root = tmp_path / "r"
+    _results(root)
+    write_plan(root, {"cells": 8, "n": N, "total_s": 123.4, "sampling_s": 100.0, "converged_s": 10.0, "metrics_s": 13.4,
+                      "reference_s": 0.0, "floor_s": 0.0, "chosen_by": "cost model"})
+    cal = tmp_path / "pkg"
+    cal.mkdir()
+    (cal / "interval_calibration.json").write_text(json.dumps({"what": "20 replicates", "rows": [
+        {"interval": "err_converged, euler 4", "truth": "pooled median", "covered": 19, "n": 20, "coverage": 0.95,
+         "coverage_ci95": [0.75, 0.999]}]}))
+    monkeypatch.setattr("importlib.resources.files", lambda pkg: cal)
+    index = write_report(root, root / "report").read_text()
+    c = load_context(root, root / "report")
+    measured = sum(float(v) for v in c.ok.wall_s)
+    assert "predicted 123 s (sampling 100 s, converged 10 s, metrics 13 s" in index
+    assert f"measured wall time sums to {measured:.0f} s" in index and "chosen by cost model" in index
+    assert "| err_converged, euler 4 | pooled median | 19/20 | 0.95 [0.75, 1.00] |" in index
+    (root / "plan.json").unlink()  # a sweep that made no plan: no section
+    assert sec.plan_section(load_context(root, root / "report")) == []
