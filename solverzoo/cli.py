@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     og.set_defaults(fn=cmd_optimise_grid)
     add_tune_parser(sub)
     tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/models/configs)")
-    tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow", "digits_classifier", "digits_dit", "clip"])
+    tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow", "dit_flow_clip", "digits_classifier",
+                                         "digits_dit", "clip"])
     tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")
     tr.set_defaults(fn=cmd_train)
     return p

@@ -1,5 +1,6 @@
 """The embedded default backbones: DiTs trained here on the shapes world's VAE latents,
-conditioned on the frozen MiniLM-L6 text encoder (weights shipped in solverzoo/models/weights),
+conditioned on the frozen MiniLM-L6 text encoder (weights shipped in solverzoo/models/weights)
+or, for the CLIP-vs-language-model comparison, on the small CLIP's text tower,
 a pixel-space DiT on scikit-learn's digits, and the analytic Gaussian mixture. Each carries its
 :class:`~solverzoo.backbone.World`, so the harness evaluates it with no knowledge of its own."""
 from __future__ import annotations
@@ -18,7 +19,7 @@ from solverzoo.models.nets import VAE, AttributeClassifier, DiT
 
 
 def _shapes(name: str, artifact: str, default_grid: str, grid_options: dict, device: str = "cpu") -> Backbone:
-    from solverzoo.models.conditioners import minilm
+    from solverzoo.models.conditioners import conditioner_by_name
     from solverzoo.models.worlds.shapes_eval import ShapesEvalWorld
 
     path = weights.resolve(artifact)
@@ -36,7 +37,8 @@ def _shapes(name: str, artifact: str, default_grid: str, grid_options: dict, dev
 
     card = path.with_suffix(".md")
     wid = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return Backbone(name, model, minilm(device=device), (4, 8, 8), decode, default_grid, grid_options, clf,
+    cond = conditioner_by_name(cfg.get("conditioner"), device=device)  # the encoder the DiT was trained on
+    return Backbone(name, model, cond, (4, 8, 8), decode, default_grid, grid_options, clf,
                     world=ShapesEvalWorld(clf), card=card.read_text() if card.exists() else "", artifact=artifact, weights_id=wid)
 
 
@@ -48,6 +50,12 @@ def shapes_eps(device: str = "cpu") -> Backbone:
 def shapes_flow(device: str = "cpu") -> Backbone:
     """DiT (rectified flow, velocity) on the shapes world, MiniLM text conditioning."""
     return _shapes("shapes-flow", "shapes-dit-flow", "flow_shift", {"shift": 2.0}, device)
+
+
+def shapes_flow_clip(device: str = "cpu") -> Backbone:
+    """DiT (rectified flow, velocity) on the shapes world, conditioned on the small CLIP's text
+    tower: the shapes-flow recipe, data, steps and seed with the other text encoder."""
+    return _shapes("shapes-flow-clip", "shapes-dit-flow-clip", "flow_shift", {"shift": 2.0}, device)
 
 
 class DigitsConditioner:
@@ -156,5 +164,6 @@ def gmm(device: str = "cpu") -> Backbone:
 def register_backbones(register):
     register(shapes_eps, name="shapes-eps")
     register(shapes_flow, name="shapes-flow")
+    register(shapes_flow_clip, name="shapes-flow-clip")
     register(gmm, name="gmm")
     register(digits, name="digits")

