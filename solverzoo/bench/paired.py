@@ -12,7 +12,8 @@ Statistics (per-sample arrays stored beside each record by :func:`records.write_
 - ``psnr``: median per-sample decoded PSNR to the converged solve, dB (array ``psnr``);
 - ``acc``: prompt accuracy, the mean of the 0/1 array ``hits``;
 - ``fid``: FID of the array ``features`` against the stored reference statistics;
-- ``fid_conv``: FID of the converged solve's features (array :data:`CONVERGED_FEATURES_KEY`)
+- ``fid_conv``: FID of the converged solve's features (array :data:`CONVERGED_FEATURES_KEY`, or
+  the solve's own ``features/converged-<converged_key>`` file the harness writes once per solve)
   against the same reference, so ``fid(a) - fid_conv(a)`` is the paired ΔFID against it.
 
 Intervals: percentile for medians and means; for FID (biased upward under resampling) the
@@ -100,6 +101,10 @@ class PairedGroup:
         for h in hashes:
             a = read_arrays(results_dir, h)
             self.arrays[h] = arrays_to_numpy(a) if a is not None else {}
+            if self.arrays[h] and CONVERGED_FEATURES_KEY not in self.arrays[h]:
+                conv = _converged_features(results_dir, h)
+                if conv is not None:
+                    self.arrays[h][CONVERGED_FEATURES_KEY] = conv
         self._cache: dict = {}
 
     def has(self, metric: str, h: str) -> bool:
@@ -166,6 +171,21 @@ class PairedGroup:
             return None
         lo, hi = _interval(s[0], s[1], recentre=metric.startswith("fid"))
         return s[0], lo, hi
+
+
+def _converged_features(results_dir: str | Path, h: str) -> np.ndarray | None:
+    """The features of cell ``h``'s converged solve: stored once per solve identity as
+    ``features/converged-<converged_key>`` (the key is in the cell's record), shared by its cells."""
+    import json
+
+    try:
+        key = json.loads((Path(results_dir) / "records" / f"{h}.json").read_text()).get("converged_key")
+    except (OSError, ValueError):
+        return None
+    conv = read_arrays(results_dir, f"converged-{key}") if key else None
+    if conv is None or "features" not in conv:
+        return None
+    return conv["features"].double().numpy()
 
 
 def seed_for(seed_set) -> int:
