@@ -155,6 +155,8 @@ def part_cells(results: Path, sets: int) -> dict:
     a_steps, b_steps = steps
     common = sorted(set(by_steps[a_steps]) & set(by_steps[b_steps]))
     arrays = {(s, k): arrays_to_numpy(read_arrays(results, by_steps[s][k]["config_hash"])) for s in steps for k in common}
+    for (s, k), a in arrays.items():  # the converged solve's features are stored once per solve (its key in the record)
+        a.setdefault(paired.CONVERGED_FEATURES_KEY, paired._converged_features(results, by_steps[s][k]["config_hash"]))
 
     def pooled(key, s):
         return np.concatenate([arrays[(s, k)][key] for k in common])
