@@ -163,5 +163,7 @@ def describe(plan: dict) -> str:
     for k in ("sampling_s", "converged_s", "metrics_s", "reference_s", "floor_s"):
         lines.append(f"  {k[:-2]:10s} {plan[k]:8.1f} s")
     if plan.get("budget_s"):
-        lines.append(f"  budget     {plan['budget_s']:8.1f} s ({'fits' if plan['total_s'] <= plan['budget_s'] else 'OVER'})")
+        spent = float(plan.get("elapsed_before_plan_s") or 0.0)  # start-up and reference statistics, already spent
+        fits = plan["total_s"] + spent <= plan["budget_s"]
+        lines.append(f"  budget     {plan['budget_s']:8.1f} s, {spent:.0f} s already spent ({'fits' if fits else 'OVER'})")
     return "\n".join(lines)
