@@ -107,5 +107,6 @@ def test_long_prompt_is_truncated_with_a_warning_keeping_the_end_token(minilm):
 
 
 def test_unknown_backbone_lists_the_shipped_ones():
-    with pytest.raises(sz.UnknownComponentError, match="Registered backbones: digits, gmm, shapes-eps, shapes-flow"):
+    listed = "Registered backbones: diffusers, digits, gmm, shapes-eps, shapes-flow, shapes-flow-clip"
+    with pytest.raises(sz.UnknownComponentError, match=listed):
         sz.registry.get("backbone", "shapes-xl")
