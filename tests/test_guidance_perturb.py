@@ -151,8 +151,8 @@ def test_diffusers_dit_pag_identity_attention():
 def test_autoguidance_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="weak checkpoint .* is missing.*solverzoo train dit_flow"):
         sz.get_guidance("autoguidance", weak=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(FileNotFoundError, match="shapes-dit-flow-weak"):
-        sz.get_guidance("autoguidance")  # the default weak DiT is not shipped yet
+    g = sz.get_guidance("autoguidance")  # the default weak DiT ships (solverzoo/models/weights/shapes-dit-flow-weak.*)
+    assert g.weak == "shapes-dit-flow-weak" and g._path is not None and g._path.is_file()
 
 
 def test_autoguidance_formula_with_a_weaker_model(gmm):
