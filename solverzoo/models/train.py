@@ -358,6 +358,10 @@ def train_clip(cfg: dict, out_dir=None) -> dict:
 
 TRAINERS = {"clip": train_clip, "vae": train_vae, "classifier": train_classifier, "dit": train_dit,
             "digits_classifier": train_digits_classifier, "digits_dit": train_digits_dit}
+# recipes that live in their own modules (imported only when run): kind -> "module:function"
+LAZY_TRAINERS = {"video_classifier": "solverzoo.models.train_video_classifier:train_video_classifier",
+                 "video_dit": "solverzoo.models.train_video_dit:train_video_dit",
+                 "video_ar": "solverzoo.models.train_video_ar:train_video_ar"}
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> dict:
@@ -375,4 +379,9 @@ def compose(config_name: str, overrides: list[str] | None = None) -> dict:
 
 def run(config_name: str, overrides: list[str] | None = None, out_dir=None) -> dict:
     cfg = compose(config_name, overrides)
-    return TRAINERS[cfg["kind"]](cfg, out_dir)
+    if cfg["kind"] in TRAINERS:
+        return TRAINERS[cfg["kind"]](cfg, out_dir)
+    import importlib
+
+    module, fn = LAZY_TRAINERS[cfg["kind"]].split(":")
+    return getattr(importlib.import_module(module), fn)(cfg, out_dir)
