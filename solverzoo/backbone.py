@@ -138,6 +138,10 @@ class Backbone:
         world: what the backbone samples from (prompts, reference data, features, scorer).
         card, artifact, weights_id: the model card, shipped weights' name, and a hash of the
             weights (a retrained backbone never reuses old records).
+        generator: for a backbone that is not a diffusion model (e.g. an autoregressive one),
+            what samples it instead of a solver: an object with ``generate(prompts, generator,
+            **options) -> (states, stats)``, states shaped ``(B, *latent_shape)`` for ``decode``,
+            stats with ``forward_passes`` and ``flops`` per sample; ``model`` is then None.
     """
 
     name: str
@@ -152,6 +156,7 @@ class Backbone:
     card: str = ""
     artifact: str = ""
     weights_id: str = ""
+    generator: Any = None
 
     def conds(self, prompts: Sequence, negative_prompts: Sequence | None = None) -> dict:
         return branch_conds(self.conditioner, prompts, negative_prompts)

@@ -110,3 +110,14 @@ def test_unknown_backbone_lists_the_shipped_ones():
     listed = "Registered backbones: diffusers, digits, gmm, shapes-eps, shapes-flow, shapes-flow-clip"
     with pytest.raises(sz.UnknownComponentError, match=listed):
         sz.registry.get("backbone", "shapes-xl")
+
+
+def test_shapes_world_parallel_draw_equals_the_serial_one():
+    """The reference statistics' 50k images are drawn by forked workers in chunks: each item
+    depends only on (seed, index), so any split must give exactly the serial draw."""
+    from solverzoo.models.worlds.shapes import ShapesWorld
+
+    w = ShapesWorld(909)
+    serial = w.batch(5, 700)[0]
+    np.testing.assert_array_equal(w.images(5, 700, workers=2, chunk=128), serial)
+    np.testing.assert_array_equal(w.images(5, 700), serial)

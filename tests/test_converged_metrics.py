@@ -59,6 +59,9 @@ def test_converged_columns_arrays_cache_and_monotone_errors(tmp_path):
     floor = json.loads((r / "floor.json").read_text())
     assert {"fid", "fid_inf", "fid_inf_ci_low", "fid_inf_ci_high", "kid", "kid_ci_low", "kid_ci_high"} <= set(floor)
     assert floor["reference_n"] == 2000
+    # fid at the sweep's N; fid_inf (N-free) on metrics.floor_fid_inf_n real samples, where its interval is narrow
+    assert floor["n"] == 64 and floor["n_fid_inf"] == 4096 and max(floor["subsample_sizes_fid_inf"]) == 4096
+    assert floor["fid_inf_ci_low"] <= floor["fid_inf"] <= floor["fid_inf_ci_high"]
     # a second sweep in a new results dir beside it reads the converged solves from the disk cache
     more = bench(*ARGS[:-1], "sweep.solvers=[heun]", "progress=false", f"results_dir={tmp_path}/r2")
     assert more.returncode == 0, more.stderr[-3000:]

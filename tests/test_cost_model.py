@@ -10,7 +10,7 @@ from solverzoo.bench.cost_model import UnitCosts, choose_n, predict
 
 from .test_bench import QUICK, bench
 
-CFG = {"metrics": {"converged": {"steps": 24}, "reference": {"n": 50000}}}
+CFG = {"metrics": {"converged": {"steps": 24}, "reference": {"n": 50000}, "floor_fid_inf_n": 4096}}
 COSTS = UnitCosts(eval_s=1e-3, decode_s=2e-4, score_s=1e-4, metric_s=2.0, n_metric=384, real_s=3e-3)
 
 
@@ -33,6 +33,8 @@ def test_predict_matches_a_hand_count():
     assert p["converged_s"] == pytest.approx(n * (84 * 3 * 1e-3 + 2 * 2e-4), abs=0.06)
     assert p["metrics_s"] == pytest.approx(4 * (2.0 + n * 1e-4) + 2 * n * 1e-4, abs=0.06)
     assert p["reference_s"] == pytest.approx(50000 * 3e-3, abs=0.06)
+    # the floor: fid at N, and fid_inf on metrics.floor_fid_inf_n (4,096) real samples
+    assert p["floor_s"] == pytest.approx(4096 * 3e-3 + 2 * 2.0, abs=0.06)
     assert p["total_s"] == pytest.approx(sum(p[k] for k in ("sampling_s", "converged_s", "metrics_s", "reference_s",
                                                              "floor_s")), abs=0.3)
     assert predict(CELLS, CFG, COSTS, converged_cached=True)["converged_s"] == 0.0

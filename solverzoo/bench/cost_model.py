@@ -126,7 +126,7 @@ def predict(cells: list, cfg: dict, costs: UnitCosts, n: int | None = None, *, r
     converged = 0.0 if converged_cached else n * (conv_nfe * costs.eval_s + len(groups) * costs.decode_s)
     metrics = len(cells) * (costs.metric_at(n) + n * costs.score_s) + len(groups) * n * costs.score_s
     reference = 0.0 if reference_cached else int(m["reference"]["n"]) * costs.real_s
-    floor = n * costs.real_s + costs.metric_at(n)
+    floor = max(n, int(m.get("floor_fid_inf_n") or n)) * costs.real_s + 2 * costs.metric_at(n)  # fid at N, fid_inf at its n
     parts = {"sampling_s": sampling, "converged_s": converged, "metrics_s": metrics, "reference_s": reference,
              "floor_s": floor}
     return {"n": n, "cells": len(cells), "nfe_per_sample": sum(_nfe(c) for c in cells), "converged_groups": len(groups),

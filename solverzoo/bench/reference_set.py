@@ -138,20 +138,39 @@ def _features_batched(extractor: Extractor, real: torch.Tensor, batch: int = 102
 
 
 def write_floor(bb, cfg: dict, ref: Reference, extractor: Extractor, results_dir: Path) -> None:
-    """FID of N fresh real samples against the reference: what a perfect sampler would score at
-    this N (FID's small-N bias), stated next to every figure. The samples answer exactly the
-    sweep's prompts (:func:`solverzoo.seeds.floor_seed`); a world that cannot draw them has no floor."""
+    """The real-data floor, by the same estimators as every cell, in ``floor.json``.
+
+    * ``fid`` (and KID) at the sweep's N: N fresh real samples of exactly the sweep's prompts
+      (:func:`solverzoo.seeds.floor_seed`) against the reference: what a perfect sampler would
+      score at this N (FID's small-N bias), stated next to every figure;
+    * ``fid_inf``: FID-infinity of ``metrics.floor_fid_inf_n`` real samples (the first N of them
+      the ones above; default 4,096): the estimator's own residual on real data, whose truth is 0
+      plus the reference's 1/n term. It is N-free by construction, so it is measured where its
+      interval is narrow; ``n_fid_inf`` records the N used.
+
+    A world that cannot draw real samples has no floor."""
     n, m = int(cfg["sweep"]["n_samples"]), cfg["metrics"]
+    n_inf = max(n, int(m.get("floor_fid_inf_n") or n))
     seed = seeds.floor_seed(m["reference"]["seed"])
-    real = bb.world.samples_for([ref.prompts[i % len(ref.prompts)] for i in range(n)], seed)
+    real = bb.world.samples_for([ref.prompts[i % len(ref.prompts)] for i in range(n_inf)], seed)
     if real is None:
         return
-    out = fid_kid(extractor(real), ref, **fid_kid_settings(m))
+    feats = extractor(real)
+    del real
+    out = fid_kid(feats[:n], ref, **fid_kid_settings(m))
     out.pop("_fid_boot", None)
+    if len(feats) > n:
+        from solverzoo.bench.estimators import default_sizes, fid_infinity_ci
+
+        fi = fid_infinity_ci(feats.numpy(), ref.mu, ref.sigma, sizes=default_sizes(len(feats), feats.shape[1],
+                             count=int(m.get("fid_inf_sizes", 8))), boot=int(m.get("fid_inf_boot", 50)),
+                             ci=float(m["ci"]), rng=np.random.default_rng([0, 1]), ref_sqrt=ref.sigma_sqrt)
+        out.update(fid_inf=fi["fid_inf"], fid_inf_ci_low=fi["fid_inf_ci_low"], fid_inf_ci_high=fi["fid_inf_ci_high"],
+                   fid_inf_slope=fi["slope"], subsample_sizes_fid_inf=fi["sizes"], method_fid_inf=fi["fid_inf_ci_method"])
     results_dir.mkdir(parents=True, exist_ok=True)
-    floor = {"n": len(real), "source": f"{bb.world.name} world, seed {seed}", **out, "reference_n": ref.n,
+    floor = {"n": n, "n_fid_inf": len(feats), "source": f"{bb.world.name} world, seed {seed}", **out, "reference_n": ref.n,
              "reference": {k: v for k, v in ref.info.items() if k != "cache_path"},
              "estimators": "fid: torchmetrics FID at N; fid_inf: FID-infinity (Chong & Forsyth 2020) with a bootstrap "
-                           "interval; kid: unbiased MMD^2 on features standardised by the reference, with a bootstrap "
-                           "interval (solverzoo.bench.estimators), the same as every cell's"}
+                           "interval, on n_fid_inf real samples; kid: unbiased MMD^2 on features standardised by the "
+                           "reference, with a bootstrap interval (solverzoo.bench.estimators), the same as every cell's"}
     (results_dir / "floor.json").write_text(json.dumps(floor, indent=1))

@@ -97,6 +97,29 @@ class ShapesWorld:
         items = [self.item(start + i) for i in range(n)]
         return np.stack([i[0] for i in items]), [i[1] for i in items], [i[2] for i in items]
 
+    def images(self, start: int, n: int, workers: int = 1, chunk: int = 2000) -> np.ndarray:
+        """The images of items ``start .. start + n - 1`` (as :meth:`batch`'s first output), drawn
+        by ``workers`` forked processes in chunks when ``workers > 1`` (as torch's DataLoader
+        workers are; the children only run numpy): each item depends only on (seed, index), so
+        the result is identical whatever the split. Serial where fork is unavailable."""
+        import multiprocessing as mp
+
+        if workers <= 1 or n <= chunk or "fork" not in mp.get_all_start_methods():
+            return self.batch(start, n)[0]
+        from concurrent.futures import ProcessPoolExecutor
+
+        spans = [(self.seed, self.p_pair, a, min(chunk, start + n - a)) for a in range(start, start + n, chunk)]
+        out = np.empty((n, 3, 32, 32), dtype=np.float32)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+            for (_, _, a, m), imgs in zip(spans, ex.map(_draw_images, spans)):
+                out[a - start:a - start + m] = imgs
+        return out
+
+
+def _draw_images(span: tuple[int, float, int, int]) -> np.ndarray:
+    seed, p_pair, start, n = span
+    return ShapesWorld(seed, p_pair).batch(start, n)[0]
+
 
 _SYN_TO_SHAPE = {syn: s for s, syns in SYNONYMS.items() for syn in syns}
 
