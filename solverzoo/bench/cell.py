@@ -30,7 +30,7 @@ from solverzoo.bench.metrics import (
 )
 from solverzoo.bench.records import arrays_to_numpy, read_arrays, write_arrays
 from solverzoo.caching import CacheError, estimate_flops, flops_per_sample
-from solverzoo.models.images import save_grid
+from solverzoo.models.images import save_thumbnails
 from solverzoo.registry import registry
 
 
@@ -253,7 +253,7 @@ def _converged_fields(cell: Cell, bb, gen: Generated, c: dict, feats, dist, worl
     """Per-sample errors and PSNR against the converged solve (gathered from every rank), the
     ``*_converged`` record fields, and the arrays to store. Stochastic solvers: NaN with the reason."""
     stochastic = registry.get("solver", cell.solver).is_stochastic(**cell.solver_options)
-    images = gen.images.ndim == 4 and c["images"].ndim == 4
+    images = gen.images.ndim in (4, 5) and c["images"].ndim == gen.images.ndim  # images, or clips of frames
     err = None if stochastic else conv.per_sample_rmse(gen.latents, c["x"])
     psnr = conv.per_sample_psnr(gen.images, c["images"]) if images and not stochastic else None
     err, psnr, ref_feats, ref_hits = _gather(dist, world_size, idx, err, psnr, c["feats"], c["hits"])
@@ -330,10 +330,7 @@ def run_cell(cell: Cell, bb, ref: Reference, extractor, cfg: dict, results_dir: 
     ledger.lap("metric")
     if rank == 0:
         _write_cell_arrays(cell, rec, boots, feats, hits, conv_arrays, ref, results_dir, ledger)
-        if gen.images.ndim == 4:
-            # native-size thumbnails, light compression: the report upscales once when it composes its grid
-            save_grid(gen.images[:8], results_dir / "samples" / f"{rec['config_hash']}.png", ncol=8, scale=1,
-                      compress_level=1)
+        save_thumbnails(gen.images, results_dir / "samples" / f"{rec['config_hash']}.png")
     ledger.lap("harness")
     parts = ledger.fields()
     rec.update(parts, sampling_s=parts["backbone_s"] + parts["solver_s"])

@@ -208,12 +208,12 @@ def samples_section(c: Ctx) -> list[str]:
             rows = sorted(sub.series.unique())
             cols = [f"{int(s)} steps" for s in sorted(sub.steps.unique())]
             seed = int(sub.seed_set.min()) if sub.seed_set.notna().any() else "n/a"
-            title = f"{bb} - {setting} - seed set {seed}, samples 0-7 (same noise and prompts in every tile)"
+            title = f"{bb} - {setting} - seed set {seed}, the first samples (same noise and prompts in every tile)"
             name = f"grid_{bb}.png" if k == 0 else f"grid_{bb}_{_slug(setting)}.png"
             _compose(tiles, rows, cols, title).save(c.out / name)
             lines += [f"## Samples: {bb}, {setting}", "",
                       f"![samples {bb} {setting}]({name})", "",
-                      f"_Rows: solver (grid) [+ cache]; columns: steps; {setting}; samples 0-7 of the N = "
-                      f"{int(sub.n_samples.max())} per cell, the same 8 seeds (seed set {seed}) and prompts in every "
-                      "tile; no bands._", ""]
+                      f"_Rows: solver (grid) [+ cache]; columns: steps; {setting}; each tile: samples 0-7 of the N = "
+                      f"{int(sub.n_samples.max())} per cell (a video backbone's: samples 0-3, one row of frames each), the "
+                      f"same seeds (seed set {seed}) and prompts in every tile; no bands._", ""]
     return lines

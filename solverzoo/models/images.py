@@ -35,3 +35,15 @@ def save_grid(x: torch.Tensor, path: str | Path, ncol: int | None = None, scale:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     img.save(path, compress_level=compress_level)
     return path
+
+
+def save_thumbnails(images: torch.Tensor, path: str | Path) -> Path | None:
+    """Native-size thumbnails of a cell, light compression (a report upscales once when it composes
+    its grid): images (B, C, H, W): the first 8 in a row; clips (B, T, C, H, W): the first 4, one
+    row of T frames each; anything else (points) has none (None)."""
+    if images.ndim == 4:
+        return save_grid(images[:8], path, ncol=8, scale=1, compress_level=1)
+    if images.ndim == 5:
+        clips = images[:4]
+        return save_grid(clips.reshape(-1, *clips.shape[2:]), path, ncol=clips.shape[1], scale=1, compress_level=1)
+    return None
