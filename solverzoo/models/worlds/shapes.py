@@ -37,14 +37,16 @@ class Obj:
     position: str  # one of POSITIONS for single objects, "left"/"right" in pairs
 
 
-def _render(objs: list[Obj], centres: list[tuple[float, float]], rng: np.random.Generator, ss: int = 4) -> np.ndarray:
-    """Anti-aliased rendering by ss x ss supersampling; returns float32 (3, 32, 32) in [-1, 1]."""
+def _render(objs: list[Obj], centres: list[tuple[float, float]], rng: np.random.Generator, ss: int = 4,
+            radii: list[float] | None = None) -> np.ndarray:
+    """Anti-aliased rendering by ss x ss supersampling; returns float32 (3, 32, 32) in [-1, 1].
+    ``radii``: each object's radius in pixels (default: its size's, ``_RADIUS[size]``)."""
     n = 32 * ss
     yy, xx = (np.mgrid[0:n, 0:n] + 0.5) / ss
     bg = 0.12 + 0.04 * rng.random()
     img = np.full((3, n, n), bg, dtype=np.float32)
-    for o, (cx, cy) in zip(objs, centres):
-        r = _RADIUS[o.size]
+    for k, (o, (cx, cy)) in enumerate(zip(objs, centres)):
+        r = _RADIUS[o.size] if radii is None else float(radii[k])
         if o.shape == "circle":
             mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
         elif o.shape == "square":
