@@ -15,6 +15,13 @@ from solverzoo.models.weights import WeightsError
 from solverzoo.registry import PluginError, UnknownComponentError
 
 
+def _training_configs() -> list[str]:
+    """The training recipes: every Hydra config shipped in ``solverzoo/models/configs``."""
+    from importlib.resources import files
+
+    return sorted(p.name[:-5] for p in files("solverzoo.models.configs").iterdir() if p.name.endswith(".yaml"))
+
+
 def cmd_train(args) -> int:
     from solverzoo.models.train import run
 
@@ -97,8 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     og.set_defaults(fn=cmd_optimise_grid)
     add_tune_parser(sub)
     tr = sub.add_parser("train", help="train a shipped artifact from its Hydra config (solverzoo/models/configs)")
-    tr.add_argument("artifact", choices=["vae", "classifier", "dit_eps", "dit_flow", "dit_flow_clip", "digits_classifier",
-                                         "digits_dit", "clip"])
+    tr.add_argument("artifact", choices=_training_configs(), help="a recipe: a config in solverzoo/models/configs")
     tr.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps=100 batch=32")
     tr.set_defaults(fn=cmd_train)
     return p

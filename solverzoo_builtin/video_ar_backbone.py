@@ -1,7 +1,63 @@
-"""Placeholder while this backbone's module is written (registers nothing yet)."""
+"""The next-token video backbone ``shapes-video-ar`` (VideoPoet's idea in small): a VQ tokenizer
+of the ``shapes-vae`` per-frame latents and a caption-conditioned causal transformer, trained
+here on the shapes video world. It is not a diffusion model: ``model`` is None and the harness
+samples it through ``generator`` (:class:`~solverzoo.models.video_ar.VideoARGenerator`), whose
+cost per sample (transformer passes and FLOPs) stands beside a diffusion sampler's NFE. States
+are per-frame latents ``(B, T, 4, 8, 8)``, decoded to clips ``(B, T, 3, 32, 32)`` in [-1, 1], and
+the world is the shapes video world's :class:`VideoEvalWorld`, as for ``shapes-video``."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+
 from solverzoo import hookimpl
+from solverzoo.backbone import Backbone
+from solverzoo.models import weights
+from solverzoo.models.nets import VAE
+
+ARTIFACT = "shapes-video-ar"
+CLASSIFIER_ARTIFACT = "shapes-video-classifier"
+
+
+def clip_decoder(vae_artifact: str, device: str):
+    """Per-frame scaled latents ``(B, T, 4, 8, 8)`` -> clips ``(B, T, 3, 32, 32)`` clamped to [-1, 1]."""
+    vae = weights.load_into(VAE(), vae_artifact).to(device).eval()
+
+    @torch.no_grad()
+    def decode(z: Tensor) -> Tensor:
+        if z.dim() != 5:
+            raise ValueError(f"video decode takes (B, T, 4, 8, 8) latents, got shape {tuple(z.shape)}")
+        b, t = z.shape[:2]
+        x = vae.from_latent(z.reshape(b * t, *z.shape[2:]).to(device=device, dtype=torch.float32))
+        return x.reshape(b, t, *x.shape[1:]).clamp(-1, 1)
+
+    return decode
+
+
+def shapes_video_ar(device: str = "cpu") -> Backbone:
+    """The next-token video model on the shapes video world (MiniLM caption conditioning)."""
+    from solverzoo.models.conditioners import conditioner_by_name
+    from solverzoo.models.nets.video_ar import VideoAR
+    from solverzoo.models.video_ar import VideoARGenerator
+    from solverzoo.models.worlds.video_eval import VideoEvalWorld, load_video_classifier
+
+    path = weights.resolve(ARTIFACT)
+    cfg = weights.read_meta(path)["config"]
+    model = weights.load_into(VideoAR(cfg["tokenizer"], cfg["net"]), path)
+    cond = conditioner_by_name(cfg.get("conditioner"), device=device)
+    frames = int(cfg["net"]["frames"])
+    clf = load_video_classifier(CLASSIFIER_ARTIFACT).to(device).eval()
+    tok = cfg["tokenizer"]
+    card = path.with_suffix(".md")
+    return Backbone(ARTIFACT, None, cond, (frames, tok["latent_channels"], tok["latent_size"], tok["latent_size"]),
+                    clip_decoder(cfg["vae"], device), classifier=clf, world=VideoEvalWorld(clf, frames),
+                    card=card.read_text() if card.exists() else "", artifact=ARTIFACT,
+                    weights_id=hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                    generator=VideoARGenerator(model, cond, device=device))
 
 
 @hookimpl
 def register_backbones(register):
-    return None
+    register(shapes_video_ar, name="shapes-video-ar")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from solverzoo.backbone import load_backbone
+from solverzoo.bench import autoregressive as ar
 from solverzoo.bench import cost_model
 from solverzoo.bench.cell import dist_info, flops, run_cell
 from solverzoo.bench.cell_spec import Cell
@@ -48,14 +49,21 @@ METRIC_SETTINGS = ("fid", "kid", "prompt_accuracy", "clip_score", "feature", "re
 def expand(cfg: dict, backbone, skipped: list | None = None) -> list[Cell]:
     """The sweep's cells: seed set x guidance x solver x grid x steps x cache (pinned settings
     included). Caches that cannot apply to the backbone (no transformer block stack) and saved
-    grids made for another backbone / step count are left out, with the reason appended to ``skipped``."""
+    grids made for another backbone / step count are left out, with the reason appended to ``skipped``; so
+    are solvers on a backbone its generator samples and ``autoregressive`` on a diffusion one
+    (:mod:`solverzoo.bench.autoregressive`, which expands a generator backbone's cells)."""
     sw, m = cfg["sweep"], cfg["metrics"]
+    if ar.is_generator_backbone(backbone):
+        return ar.expand(cfg, backbone, {k: m[k] for k in METRIC_SETTINGS}, _n_cells(sw), skipped)
+    if (why := ar.mismatch(sw["solvers"], backbone)) and skipped is not None:
+        skipped.append(why)
+    solvers = [s for s in sw["solvers"] if s != ar.AUTOREGRESSIVE]
     caches = _applicable_caches(sw, backbone, skipped)
     grids = [_grid_entry(g, backbone) for g in sw["grids"]]
     missing = _missing_saved_grids(sw, grids, backbone, skipped)
     cells = []
     for seed_set, g, solver, (grid_name, grid_opts), steps, (cache, cache_opts) in itertools.product(
-            sw["seed_sets"], sw["guidance"], sw["solvers"], grids, sw["steps"], caches):
+            sw["seed_sets"], sw["guidance"], solvers, grids, sw["steps"], caches):
         if grid_name == "optimised" and (grid_opts.get("key"), int(steps)) in missing:
             continue
         cells.append(Cell(
@@ -131,17 +139,23 @@ def _warm_up(bb, cfg: dict, ref: Reference, extractor) -> None:
         flops(bb, cfg["device"])  # the FLOP count of one evaluation, once per backbone
         # the conditioner memoises per prompt: encode every prompt of the sweep once, here
         n = _n_cells(cfg["sweep"])
-        bb.conds([ref.prompts[i % len(ref.prompts)] for i in range(n)])
+        if bb.conditioner is not None:  # a generator backbone may condition inside its generator
+            bb.conds([ref.prompts[i % len(ref.prompts)] for i in range(n)])
     if extractor is not None and ref.features is not None:
         m = cfg["metrics"]
         fid_kid(ref.features[:64].clone(), ref, bootstrap=2, ci=m["ci"], kid_subset=4, fid_inf_boot=2, kid_boot=2,
                 kid_subsets=2, kid_reference_n=64)
 
 
+HARNESS_BACKBONE_KEYS = ("name", "reference_n")
+"""Keys of a ``backbone`` config the harness reads itself (``reference_n``: the default size of the
+reference set, ``metrics.reference.n``); every other key is an option of the backbone's factory."""
+
+
 def _load_backbone(cfg: dict):
     """The backbone ``cfg.backbone`` names; its other keys (e.g. ``backbone.path`` of ``backbone=diffusers``)
     are its factory's keyword options (loaded once per process and option set)."""
-    opts = {k: v for k, v in cfg["backbone"].items() if k != "name"}
+    opts = {k: v for k, v in cfg["backbone"].items() if k not in HARNESS_BACKBONE_KEYS}
     if not opts:
         return load_backbone(cfg["backbone"]["name"], cfg["device"])
     return _load_with_options(cfg["backbone"]["name"], cfg["device"], json.dumps(opts, sort_keys=True))
