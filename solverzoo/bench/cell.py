@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from solverzoo import __version__, seeds
+from solverzoo.bench import autoregressive as ar
 from solverzoo.bench import converged as conv
 from solverzoo.bench.cell_spec import Cell, TimingLedger
-from solverzoo.bench.generate import Generated, converged_solve, generate
+from solverzoo.bench.generate import Generated, converged_label, converged_plan, converged_solve, generate
 from solverzoo.bench.metrics import (
     MetricUnavailable,
     Reference,
@@ -68,16 +69,21 @@ def dist_info():
     return None, 0, 1
 
 
-def _generate(cell: Cell, bb, prompts: list, idx: list[int], cfg: dict, progress: bool):
+def _generate(cell: Cell, bb, prompts: list, idx: list[int], cfg: dict, progress: bool, generator: bool):
     """The cell's samples: sample i from :func:`solverzoo.seeds.sample_seed` ``(seed_set, i)``
-    (the converged solve of the same ODE is computed apart, by :func:`_converged`)."""
-    guidance = None if cell.guidance == "none" else cell.guidance
-    with timed_net(bb.model) as backbone_s:
-        gen = generate(bb, prompts, solver=cell.solver, steps=cell.steps, grid=cell.grid,
-                       grid_options=cell.grid_options, guidance=guidance, scale=cell.scale,
-                       seeds=seeds.sample_seeds(cell.seed_set, idx), device=cfg["device"],
-                       solver_options=cell.solver_options, batch_size=cfg["batch_size"], progress=progress,
-                       cache=cell.cache, cache_options=cell.cache_options)
+    (the converged solve of the same ODE is computed apart, by :func:`_converged`); a generator
+    cell's by its backbone's generator, whose whole call counts as backbone time."""
+    if generator:
+        gen = ar.generate_cell(cell, bb, prompts, idx, cfg, progress)
+        backbone_s = [gen.sampling_s]
+    else:
+        guidance = None if cell.guidance == "none" else cell.guidance
+        with timed_net(bb.model) as backbone_s:
+            gen = generate(bb, prompts, solver=cell.solver, steps=cell.steps, grid=cell.grid,
+                           grid_options=cell.grid_options, guidance=guidance, scale=cell.scale,
+                           seeds=seeds.sample_seeds(cell.seed_set, idx), device=cfg["device"],
+                           solver_options=cell.solver_options, batch_size=cfg["batch_size"], progress=progress,
+                           cache=cell.cache, cache_options=cell.cache_options)
     if not torch.isfinite(gen.latents).all():
         raise CellFailed("the samples contain NaN/inf")
     return gen, backbone_s[0]
@@ -190,20 +196,7 @@ def _features_and_hits(cell: Cell, bb, gen: Generated, extractor, prompts, idx, 
     return feats, hits, skipped
 
 
-DEFAULT_CONVERGED = {"method": "dpmpp_3m", "steps": 24, "spacing": "auto", "dtype": "float32", "observed_order": True,
-                     "exact_method": "dop853", "rtol": 1e-10, "atol": 1e-10}
-"""``metrics.converged`` when a config has none: DOP853 at tight tolerances on exact (analytic)
-worlds, else a fixed-step solver at ``steps`` and ``2 * steps`` steps (step doubling)."""
-
 _CONVERGED: dict = {}  # in-process memo: identity key -> solve, decoded samples, features, hits
-
-
-def _converged_plan(bb, m: dict) -> tuple[str, dict]:
-    c = {**DEFAULT_CONVERGED, **(m.get("converged") or {})}
-    if bb.world.exact:
-        return c["exact_method"], {"rtol": float(c["rtol"]), "atol": float(c["atol"])}
-    return c["method"], {"steps": int(c["steps"]), "spacing": c["spacing"], "dtype": c["dtype"],
-                         "observed_order": bool(c.get("observed_order", True))}
 
 
 def _converged(cell: Cell, bb, gen: Generated, prompts, idx, extractor, cfg: dict, results_dir: Path) -> dict:
@@ -211,7 +204,7 @@ def _converged(cell: Cell, bb, gen: Generated, prompts, idx, extractor, cfg: dic
     in-process memo, the disk cache (``<results_dir>/../cache/converged-<key>.safetensors``) or
     computed here; with its decoded samples, features and prompt hits (computed once per process)."""
     m = cell.metrics
-    method, options = _converged_plan(bb, m)
+    method, options = converged_plan(bb, m)
     guided = cell.guidance != "none"
     sample_seeds = seeds.sample_seeds(cell.seed_set, idx)
     ident = conv.ConvergedSolve(
@@ -241,14 +234,6 @@ def _converged(cell: Cell, bb, gen: Generated, prompts, idx, extractor, cfg: dic
     return {**entry, "cache": info.get("cache", "miss")}
 
 
-def _method_label(info: dict) -> str:
-    if info.get("method") == "dop853":
-        return f"dop853 rtol={info.get('rtol'):g} atol={info.get('atol'):g} float64"
-    return (f"{info.get('method')} {info.get('steps')} steps (step-doubled from {int(info.get('steps', 0)) // 2}, "
-            f"order used {float(info.get('order_used', info.get('order', 0))):.2f}), {info.get('spacing')} spacing, "
-            f"{info.get('dtype', 'float64')}")
-
-
 def _converged_fields(cell: Cell, bb, gen: Generated, c: dict, feats, dist, world_size: int, idx, rec: dict) -> dict:
     """Per-sample errors and PSNR against the converged solve (gathered from every rank), the
     ``*_converged`` record fields, and the arrays to store. Stochastic solvers: NaN with the reason."""
@@ -274,7 +259,7 @@ def _converged_fields(cell: Cell, bb, gen: Generated, c: dict, feats, dist, worl
         if k in out:
             rec["warnings"].append(f"{k[:-5]}: {out.pop(k)}")
     info = c["info"]
-    out.update(converged_key=c["key"], converged_method=_method_label(info),
+    out.update(converged_key=c["key"], converged_method=converged_label(info),
                converged_error_estimate=float(info.get("own_error_median", math.nan)),
                converged_error_rms=float(info.get("own_error_rms", math.nan)),
                converged_error_method=info.get("own_error_method"), converged_nfe=info.get("nfe"),
@@ -297,29 +282,31 @@ exact reference solves), the harness (bookkeeping, arrays, thumbnails). ``sampli
 def run_cell(cell: Cell, bb, ref: Reference, extractor, cfg: dict, results_dir: Path) -> dict:
     """Run one cell and return its record (written by the caller)."""
     bb.require_world()
+    generator = ar.is_generator_cell(cell, bb)  # sampled by the backbone's generator: no ODE, no converged solve
     ledger = TimingLedger(TIMING_PARTS)
     dist, rank, world_size = dist_info()
     n = cell.n_samples
     idx = list(range(rank, n, world_size))  # sample i is the same whatever the number of ranks
     prompts = [ref.prompts[i % len(ref.prompts)] for i in idx]
     ledger.lap("harness")
-    gen, backbone_s = _generate(cell, bb, prompts, idx, cfg, bool(cfg.get("progress", True)) and rank == 0)
+    gen, backbone_s = _generate(cell, bb, prompts, idx, cfg, bool(cfg.get("progress", True)) and rank == 0, generator)
     ledger.lap("solver")  # then split: everything generate() did besides the sampling loop
     ledger.move("solver", "decode", gen.wall_s - gen.sampling_s - gen.reference_s)
     ledger.move("solver", "metric", gen.reference_s)  # exact worlds' reference solves: a metric's cost
     ledger.move("solver", "backbone", backbone_s)
-    c = _converged(cell, bb, gen, prompts, idx, extractor, cfg, results_dir)
+    c = None if generator else _converged(cell, bb, gen, prompts, idx, extractor, cfg, results_dir)
     ledger.lap("converged")
-    if not registry.get("solver", cell.solver).is_stochastic(**cell.solver_options):
+    if not generator and not registry.get("solver", cell.solver).is_stochastic(**cell.solver_options):
         gen.reference = c["x"]  # exact worlds: median_error and the world's exact metrics against it
     rec = _new_record(cell, gen, flops(bb, cfg["device"]), world_size)
     ledger.lap("harness")
     feats, hits, skipped = _features_and_hits(cell, bb, gen, extractor, prompts, idx, dist, world_size)
     rec["warnings"].extend(skipped)
-    conv_fields, conv_arrays, ref_feats, ref_hits = _converged_fields(cell, bb, gen, c, feats, dist, world_size, idx, rec)
+    conv_fields, conv_arrays, ref_feats, ref_hits = (ar.record_fields(gen, rec) if generator else
+                                                     _converged_fields(cell, bb, gen, c, feats, dist, world_size, idx, rec))
     rec.update(conv_fields)
     ledger.lap("metric")
-    if rank == 0 and not (results_dir / "features" / f"converged-{c['key']}.safetensors").is_file():
+    if rank == 0 and c is not None and not (results_dir / "features" / f"converged-{c['key']}.safetensors").is_file():
         write_arrays(results_dir, f"converged-{c['key']}", {"features": ref_feats,
                                                             "hits": None if ref_hits is None else torch.from_numpy(ref_hits)})
     ledger.lap("harness")
@@ -385,6 +372,8 @@ _FLOPS: dict = {}
 def flops(bb, device: str) -> dict | None:
     """FLOPs of one evaluation of the backbone's network per sample, counted once on the
     world's example prompt (None where the backbone has no transformer block stack)."""
+    if ar.is_generator_backbone(bb):  # no network to count: its generator reports FLOPs per sample
+        return None
     key = (bb.name, bb.weights_id, device)
     if key not in _FLOPS:
         try:

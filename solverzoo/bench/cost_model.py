@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from solverzoo.bench import autoregressive as ar
+
 N_CANDIDATES = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
 
@@ -62,25 +64,36 @@ def _timed(fn, repeats: int = 2) -> float:
     return best
 
 
+def _eval_s(bb, prompts: list, device: str):
+    """Seconds per network evaluation of one sample (the difference of two Euler steps; on a generator
+    backbone one generate call's time per forward pass, :func:`~solverzoo.bench.autoregressive.probe_eval_s`)
+    and samples of ``prompts`` to score."""
+    from solverzoo.bench.generate import generate
+
+    if ar.is_generator_backbone(bb):
+        return ar.probe_eval_s(bb, prompts)
+    b = len(prompts)
+    kw = dict(solver="euler", guidance=None, device=device, batch_size=b, seeds=list(range(b)))
+    generate(bb, prompts, steps=1, **kw)  # warm
+    t1 = _timed(lambda: generate(bb, prompts, steps=1, **kw))
+    t3 = _timed(lambda: generate(bb, prompts, steps=3, **kw))
+    return max(t3 - t1, 1e-9) / (2 * b), generate(bb, prompts, steps=1, **kw)
+
+
 def probe(bb, cfg: dict, extractor, ref=None, n_metric: int | None = None) -> UnitCosts:
     """Measure the unit costs on this machine (a batch of ``batch_size`` samples for two Euler steps,
-    the metrics of one cell on random features of the extractor's dimension, a few real samples)."""
+    or one generate call of a generator backbone on up to 16, the metrics of one cell on random
+    features of the extractor's dimension, a few real samples)."""
     from solverzoo.bench.converged import fd_converged
-    from solverzoo.bench.generate import generate
     from solverzoo.bench.metrics import fid_kid, fid_kid_settings
 
     m, world = cfg["metrics"], bb.require_world()
-    b = min(int(cfg["batch_size"]), 64)
+    b = min(int(cfg["batch_size"]), 16 if ar.is_generator_backbone(bb) else 64)
     prompts = list(world.prompts(12345, b))
-    kw = dict(solver="euler", guidance=None, device=cfg["device"], batch_size=b, seeds=list(range(b)))
     with torch.no_grad():
-        generate(bb, prompts, steps=1, **kw)  # warm
-        t1 = _timed(lambda: generate(bb, prompts, steps=1, **kw))
-        t3 = _timed(lambda: generate(bb, prompts, steps=3, **kw))
+        eval_s, gen = _eval_s(bb, prompts, cfg["device"])
         lat = torch.zeros((b,) + tuple(bb.latent_shape), device=cfg["device"])
         dec = _timed(lambda: bb.decode(lat))
-        gen = generate(bb, prompts, steps=1, **kw)
-    eval_s = max(t3 - t1, 1e-9) / (2 * b)
     score = 0.0
     if m.get("prompt_accuracy"):
         score += _timed(lambda: world.score(gen.images, gen.latents, prompts), 1) / b
@@ -110,6 +123,8 @@ def probe(bb, cfg: dict, extractor, ref=None, n_metric: int | None = None) -> Un
 def _nfe(cell) -> int:
     from solverzoo.registry import registry
 
+    if cell.solver == ar.AUTOREGRESSIVE:  # a generator cell: forward passes per sample (steps = tokens)
+        return ar.forward_passes(cell)
     per = int(getattr(registry.get("solver", cell.solver), "evals_per_step", 1))
     return cell.steps * per * (2 if cell.guidance != "none" else 1)
 
@@ -121,7 +136,7 @@ def predict(cells: list, cfg: dict, costs: UnitCosts, n: int | None = None, *, r
     m = cfg["metrics"]
     sampling = sum(n * (_nfe(c) * costs.eval_s + costs.decode_s) for c in cells)
     steps = int(m["converged"]["steps"])
-    groups = {(c.guidance, c.scale, c.seed_set) for c in cells}
+    groups = {(c.guidance, c.scale, c.seed_set) for c in cells if c.solver != ar.AUTOREGRESSIVE}  # no ODE
     conv_nfe = sum((steps // 2 + steps + 2 * steps) * (2 if g != "none" else 1) for g, _, _ in groups)
     converged = 0.0 if converged_cached else n * (conv_nfe * costs.eval_s + len(groups) * costs.decode_s)
     metrics = len(cells) * (costs.metric_at(n) + n * costs.score_s) + len(groups) * n * costs.score_s

@@ -164,3 +164,27 @@ def converged_solve(bb: Backbone, prompts: Sequence, *, seeds: Sequence[int], gu
                 own_error_per_sample=[float(v) for v in per], dtype=str(dtype).replace("torch.", ""),
                 wall_s=time.perf_counter() - t0, batch_size=batch_size)
     return torch.cat(xs), info
+
+
+DEFAULT_CONVERGED = {"method": "dpmpp_3m", "steps": 24, "spacing": "auto", "dtype": "float32", "observed_order": True,
+                     "exact_method": "dop853", "rtol": 1e-10, "atol": 1e-10}
+"""``metrics.converged`` when a config has none: DOP853 at tight tolerances on exact (analytic)
+worlds, else a fixed-step solver at ``steps`` and ``2 * steps`` steps (step doubling)."""
+
+
+def converged_plan(bb, m: dict) -> tuple[str, dict]:
+    """The converged solve's method and options under ``metrics.converged`` (``m``): DOP853 on exact worlds."""
+    c = {**DEFAULT_CONVERGED, **(m.get("converged") or {})}
+    if bb.world.exact:
+        return c["exact_method"], {"rtol": float(c["rtol"]), "atol": float(c["atol"])}
+    return c["method"], {"steps": int(c["steps"]), "spacing": c["spacing"], "dtype": c["dtype"],
+                         "observed_order": bool(c.get("observed_order", True))}
+
+
+def converged_label(info: dict) -> str:
+    """One line naming a converged solve's method and settings (its record's ``converged_method``)."""
+    if info.get("method") == "dop853":
+        return f"dop853 rtol={info.get('rtol'):g} atol={info.get('atol'):g} float64"
+    return (f"{info.get('method')} {info.get('steps')} steps (step-doubled from {int(info.get('steps', 0)) // 2}, "
+            f"order used {float(info.get('order_used', info.get('order', 0))):.2f}), {info.get('spacing')} spacing, "
+            f"{info.get('dtype', 'float64')}")

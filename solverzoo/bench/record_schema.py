@@ -83,6 +83,7 @@ OPTIONAL = {
     "prompt_accuracy_ci_low": (_UNIT, "a number in [0, 1], or NaN"),
     "prompt_accuracy_ci_high": (_UNIT, "a number in [0, 1], or NaN"),
     "backbone_evals": (_NONNEG, "a number >= 0, or NaN"), "flops_per_sample": (_NONNEG, "a number >= 0, or NaN"),
+    "tokens_per_sample": (_NONNEG, "a number >= 0, or NaN"),  # a generator backbone's cells (autoregressive)
     "sliced_wasserstein": (_NONNEG, "a number >= 0, or NaN"), "median_error": (_NONNEG, "a number >= 0, or NaN"),
     "mode_flip_rate": (_UNIT, "a number in [0, 1], or NaN"),
     "sampling_s": (_NONNEG, "a number >= 0, or NaN"), "backbone_s": (_ANY_NUM, "a number, or NaN"),

@@ -90,8 +90,10 @@ def nfe_figure(c: Ctx, metric: str, fname: str, title: str, ylabel: str, ci=None
     fig.suptitle(f"{title} — {', '.join(c.backbones)}", fontsize=9)
     _save(fig, c, fname)
     band = bands or ("bands and error bars: each cell's 95% bootstrap interval over samples" if ci else "no bands")
+    gen = ("; autoregressive cells (a generator backbone's): cost = network forward passes per sample, one per token "
+           "and guidance branch" if (data.solver == "autoregressive").any() else "")
     return [f"## {title}", "", f"![{title}]({fname})", "",
-            f"_{c.seeds_text(data)}; points: mean over seed sets; {band}; dashed: cached cells._", ""]
+            f"_{c.seeds_text(data)}; points: mean over seed sets; {band}; dashed: cached cells{gen}._", ""]
 
 
 def tradeoff_section(c: Ctx) -> list[str]:

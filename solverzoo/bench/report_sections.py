@@ -49,6 +49,8 @@ def floor_target_lines(fl: dict, ok) -> list[str]:
     if len(vals) < 2 or not np.isfinite(fl.get("fid_inf_ci_high", np.nan)):
         return []
     spread = float(vals.max() - vals.min())
+    if spread <= 0:  # every cell scores the same fid_inf: no spread to set the floor against
+        return []
     hi = max(abs(fl["fid_inf_ci_low"]), abs(fl["fid_inf_ci_high"]))
     verdict = "met" if hi <= 0.05 * spread else "not met"
     return [f"Against the cells: the spread of `fid_inf` between the best and the worst cell is {spread:.1f}; the floor's "

@@ -91,13 +91,16 @@ def validate_config(cfg: dict, paths: bool = True) -> None:
     """Check the resolved sweep config before anything expensive (no backbone is loaded): every
     name registered, every count a positive integer, the device available, the output folders
     writable. Raises :class:`ConfigError` with one line saying what is wrong and what to do."""
+    from solverzoo.bench.autoregressive import AUTOREGRESSIVE, option_problem
+
     _need(isinstance(cfg.get("backbone"), dict) and isinstance(cfg["backbone"].get("name"), str),
           "backbone must name a registered backbone (e.g. backbone=gmm)")
     _known("backbone", cfg["backbone"]["name"], "backbone")
     sw = cfg.get("sweep")
     _need(isinstance(sw, dict), "sweep must be a sweep config (e.g. sweep=quick)")
     for s in _list(sw, "solvers", "[euler,dpmpp_2m]"):
-        _known("solver", s, "sweep.solvers")
+        if s != AUTOREGRESSIVE:  # the reserved sampler of a generator backbone (a next-token model)
+            _known("solver", s, "sweep.solvers")
     for g in _list(sw, "grids", "[default,karras]"):
         if g == "default":
             continue
@@ -135,6 +138,10 @@ def validate_config(cfg: dict, paths: bool = True) -> None:
     _need(isinstance(so, dict) and all(isinstance(v, dict) for v in so.values()),
           "sweep.solver_options must map a solver name to its options, e.g. {ddim: {eta: 0.5}}")
     for name, opts in so.items():
+        if name == AUTOREGRESSIVE:
+            why = option_problem(opts)
+            _need(why is None, f"sweep.solver_options.{AUTOREGRESSIVE}: {why}")
+            continue
         _known("solver", name, "sweep.solver_options")
         try:
             registry.get("solver", name).check_options(opts)
