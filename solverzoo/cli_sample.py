@@ -1,6 +1,8 @@
 """``solverzoo sample``: validate everything a user can get wrong before the backbone loads, then
 sample in fixed batches of :data:`SAMPLE_CHUNK` (sample i is bit-identical whatever ``--n``) and
-save an image grid."""
+save an image grid, or, for a video backbone, an animated GIF (``--out clip.gif``: one tile per
+sample, frames in time) with a frame strip beside it (``clip_frames.png``: one row per sample, its
+frames across), or the strip alone (``--out strip.png``)."""
 from __future__ import annotations
 
 import math
@@ -26,8 +28,12 @@ SAMPLE_CHUNK = 8  # `sample`: sample i is always computed in the batch of sample
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+GIF_FRAME_MS = 250  # an animated GIF's time per frame (4 frames per second)
+
+
 # what `sample` knows of the built-in backbones before loading them (a plugin's is checked after loading)
 _BUILTIN_IMAGE = {"shapes-flow": (3, 32, 32), "shapes-eps": (3, 32, 32), "digits": (1, 16, 16)}
+_BUILTIN_VIDEO = {"shapes-video": (8, 3, 32, 32), "shapes-video-frames": (8, 3, 32, 32)}
 
 
 def _check_prompt(backbone: str, prompt: str, what: str) -> None:
@@ -48,6 +54,8 @@ def _check_prompt(backbone: str, prompt: str, what: str) -> None:
             digit_label(prompt)
         except ValueError as exc:
             raise UsageError(f"{what}: {exc}") from None
+    if backbone in _BUILTIN_VIDEO:
+        _check_video_prompt(backbone, prompt, what)
     if backbone in ("shapes-flow", "shapes-eps"):
         import re
 
@@ -67,6 +75,25 @@ def _check_prompt(backbone: str, prompt: str, what: str) -> None:
                   "): expect an image that ignores what it does not know")
 
 
+def _check_video_prompt(backbone: str, prompt: str, what: str) -> None:
+    """The frame-by-frame baseline needs a clip caption it can split into frame captions; the
+    space-time model takes anything, with a warning when no shape or motion is named."""
+    from solverzoo.models.worlds.video import MOTIONS, frame_captions, parse_video_caption
+
+    example = "'a small red circle moving from the top left to the top right'"
+    if backbone == "shapes-video-frames" and prompt.strip():
+        try:
+            frame_captions(prompt)
+        except ValueError as exc:
+            raise UsageError(f"{what}: {exc}; shapes-video-frames turns a clip caption such as {example} into one "
+                             "caption per frame") from None
+    parsed = parse_video_caption(prompt)
+    if parsed["count"] == 0 or parsed["motion"] is None:
+        warn(f"{what} {prompt!r} names no {'shape' if parsed['count'] == 0 else 'motion'} of the shapes-video world; "
+             f"the model was trained on captions like {example} (motions: {', '.join(MOTIONS)}): expect a clip that "
+             "ignores what it does not know")
+
+
 def _check_out(out: str) -> None:
 
     from solverzoo.bench.validate import ConfigError, check_output_dir
@@ -74,8 +101,9 @@ def _check_out(out: str) -> None:
     p = Path(out).expanduser()
     if p.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file name such as {os.path.join(out, 'grid.png')}")
-    if p.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise UsageError(f"--out {out}: the file name needs an image extension ({', '.join(IMAGE_EXTENSIONS)}), e.g. grid.png")
+    if p.suffix.lower() not in IMAGE_EXTENSIONS + (".gif",):
+        raise UsageError(f"--out {out}: the file name needs an image extension ({', '.join(IMAGE_EXTENSIONS)}), e.g. grid.png, "
+                         "or .gif for an animated GIF of a video backbone")
     if p.exists() and not os.access(p, os.W_OK):
         raise UsageError(f"--out {out} exists and is not writable")
     try:
@@ -119,7 +147,27 @@ def validate_sample(args) -> None:
         _check_prompt(args.backbone, args.negative_prompt, "--negative-prompt")
     if args.backbone in _BUILTIN_IMAGE:
         _check_grid_pixels(args.n, _BUILTIN_IMAGE[args.backbone])
+        _check_not_gif(args.backbone, args.out)
+    if args.backbone in _BUILTIN_VIDEO:
+        _check_strip_pixels(args.n, _BUILTIN_VIDEO[args.backbone])
     _check_out(args.out)
+
+
+def _check_not_gif(backbone: str, out: str) -> None:
+    """Refuse ``--out x.gif`` for a backbone that samples still images."""
+    if Path(out).suffix.lower() == ".gif":
+        raise UsageError(f"--out {out}: animated GIFs need a video backbone (e.g. --backbone shapes-video); backbone "
+                         f"{backbone} samples still images: give a .png file name for an image grid")
+
+
+def _check_strip_pixels(n: int, shape) -> None:
+    """Refuse a frame strip (n rows of T frames, upscaled 4x, 2-pixel padding) over MAX_GRID_PIXELS."""
+    t, _, h, w = shape
+    px = (n * (h + 2) + 2) * (t * (w + 2) + 2) * 16
+    if px > MAX_GRID_PIXELS:
+        most = int(MAX_GRID_PIXELS / 16 / (t * (w + 2) + 2) / (h + 2))
+        raise UsageError(f"--n {n}: the frame strip would have {px / 1e6:.0f} megapixels, over the limit of "
+                         f"{MAX_GRID_PIXELS / 1e6:.0f}; use --n {most} or fewer (and several seeds) instead")
 
 
 def _check_grid_pixels(n: int, shape) -> None:
@@ -139,20 +187,13 @@ def cmd_sample(args) -> int:
     import time
 
     validate_sample(args)  # before the backbone load: bad input costs nothing
-    import torch
-
     from solverzoo.backbone import load_backbone
     from solverzoo.models.images import save_grid
 
     t0 = time.perf_counter()
     bb = load_backbone(args.backbone, args.device)
     load_s = time.perf_counter() - t0
-    if len(bb.latent_shape) != 3:
-        raise UsageError(f"backbone {bb.name} samples {tuple(bb.latent_shape)}-shaped points, not images; "
-                         "`solverzoo sample` writes an image grid")
-    if args.backbone not in _BUILTIN_IMAGE:
-        with torch.no_grad():
-            _check_grid_pixels(args.n, tuple(bb.decode(torch.zeros((1,) + tuple(bb.latent_shape), device=args.device)).shape[1:]))
+    video = _check_loaded(bb, args)
     guidance = None if args.guidance == "none" else args.guidance
     if args.negative_prompt is not None and guidance == "cfg":
         guidance = "negative_prompt"
@@ -160,12 +201,82 @@ def cmd_sample(args) -> int:
               solver_options=parse_options(args.option), grid_options=parse_options(args.grid_option),
               cache=args.cache, cache_options=parse_options(args.cache_option), batch_size=SAMPLE_CHUNK)
     images, nfe, evals, sampling_s = _sample_chunks(bb, args, kw)
-    path = save_grid(images, args.out)
-    print(f"wrote {path}: {args.n} samples of {args.prompt!r} from {bb.name}, solver {args.solver}, {args.steps} steps, "
+    path = save_video(images, args.out) if video else save_grid(images, args.out)
+    print(f"wrote {path}: {args.n} {'clips' if video else 'samples'} of {args.prompt!r} from {bb.name}, "
+          f"solver {args.solver}, {args.steps} steps, "
           f"guidance {guidance or 'none'}" + (f" scale {args.scale}" if guidance else ""))
     print(f"NFE per sample: {nfe}; backbone evaluations {evals:.1f}; wall time {time.perf_counter() - t0:.2f} s "
           f"(sampling {sampling_s:.2f} s; backbone load {load_s:.2f} s)")
     return 0
+
+
+def _check_loaded(bb, args) -> bool:
+    """What only the loaded backbone tells: images (False) or clips (True), and their output's size."""
+    import torch
+
+    if len(bb.latent_shape) not in (3, 4):
+        raise UsageError(f"backbone {bb.name} samples {tuple(bb.latent_shape)}-shaped points, not images; "
+                         "`solverzoo sample` writes an image grid")
+    if bb.model is None:
+        raise UsageError(f"backbone {bb.name} is not a diffusion model (it samples with its own generator, e.g. token by "
+                         f"token); `solverzoo sample` drives diffusion solvers: evaluate it with `solverzoo bench "
+                         f"backbone={bb.name}`")
+    if args.backbone in _BUILTIN_IMAGE or args.backbone in _BUILTIN_VIDEO:
+        return args.backbone in _BUILTIN_VIDEO
+    with torch.no_grad():
+        shape = tuple(bb.decode(torch.zeros((1,) + tuple(bb.latent_shape), device=args.device)).shape[1:])
+    if len(shape) == 4:
+        _check_strip_pixels(args.n, shape)
+        return True
+    if len(shape) != 3:
+        raise UsageError(f"backbone {bb.name} decodes to {shape}-shaped samples, neither images (C, H, W) nor clips "
+                         "(T, C, H, W); `solverzoo sample` writes images")
+    _check_not_gif(bb.name, args.out)
+    _check_grid_pixels(args.n, shape)
+    return False
+
+
+def save_video(clips, out: str) -> str:
+    """Write clips (B, T, C, H, W) in [-1, 1]: for ``x.gif`` an animated GIF (one tile per clip,
+    frames in time, a bar under the tiles showing the time) and the frame strip ``x_frames.png``
+    beside it; for any other image file name the strip alone (one row per clip, T frames across).
+    Returns what was written, for the message."""
+    from solverzoo.models.images import save_grid
+
+    p = Path(out).expanduser()
+    B, T = clips.shape[:2]
+    if p.suffix.lower() != ".gif":
+        return str(save_grid(clips.reshape(B * T, *clips.shape[2:]), p, ncol=T))
+    strip = save_grid(clips.reshape(B * T, *clips.shape[2:]), p.with_name(p.stem + "_frames.png"), ncol=T)
+    _save_gif(clips, p)
+    return f"{p} ({T} frames) and {strip}"
+
+
+def _save_gif(clips, path: Path, scale: int = 4, pad: int = 2) -> None:
+    """The animated GIF of clips (B, T, C, H, W): frame t tiles every clip's frame t (square-ish
+    grid, ``pad`` white pixels between tiles), with a time bar under the tiles filled to (t+1)/T."""
+    import numpy as np
+    from PIL import Image
+
+    from solverzoo.models.images import to_uint8
+
+    B, T = clips.shape[:2]
+    frames = to_uint8(clips.reshape(B * T, *clips.shape[2:])).reshape(B, T, *to_uint8(clips[:1, 0]).shape[1:])
+    h, w = frames.shape[2:4]
+    ncol = int(np.ceil(np.sqrt(B)))
+    nrow = int(np.ceil(B / ncol))
+    width = ncol * (w + pad) + pad
+    images = []
+    for t in range(T):
+        canvas = np.full((nrow * (h + pad) + pad + 2, width, 3), 255, dtype=np.uint8)  # + a 2-pixel time bar
+        for i in range(B):
+            r, c = divmod(i, ncol)
+            canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = frames[i, t]
+        canvas[-2:, : round(width * (t + 1) / T)] = 96
+        img = Image.fromarray(canvas)
+        images.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0, optimize=False)
 
 
 def _sample_chunks(bb, args, kw):

@@ -48,7 +48,8 @@ def test_sample_cli_writes_a_grid(tmp_path):
     assert (tmp_path / "g.png").stat().st_size > 0 and "NFE per sample: 16" in out.stdout and "wall time" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "solverzoo.cli", "sample", "--backbone", "shapes-xl", "--prompt", "x"],
                          capture_output=True, text=True, timeout=300)
-    listed = "Registered backbones: diffusers, digits, gmm, shapes-eps, shapes-flow, shapes-flow-clip"
+    listed = ("Registered backbones: diffusers, digits, gmm, shapes-eps, shapes-flow, shapes-flow-clip, shapes-video, "
+              "shapes-video-ar, shapes-video-frames")
     assert bad.returncode == 2 and listed in bad.stderr
 
 

@@ -11,6 +11,8 @@ def label(r) -> str:
 
 
 def series(solver, grid, cache) -> str:
+    if grid == "none":  # a generator backbone's cells (autoregressive): no time grid to name
+        return str(solver)
     return f"{solver} ({grid})" + ("" if cache in (None, "none") else f" + {cache}")
 
 

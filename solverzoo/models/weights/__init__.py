@@ -26,6 +26,7 @@ def save(module: nn.Module, name: str, meta: dict, *, half: bool = False, direct
     path = directory / f"{name}.safetensors"
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"solverzoo": json.dumps(meta)})
+    tmp.chmod(0o644)  # shipped data: readable by every user of the install
     tmp.replace(path)
     return path
 
