@@ -33,7 +33,7 @@ GIF_FRAME_MS = 250  # an animated GIF's time per frame (4 frames per second)
 
 # what `sample` knows of the built-in backbones before loading them (a plugin's is checked after loading)
 _BUILTIN_IMAGE = {"shapes-flow": (3, 32, 32), "shapes-eps": (3, 32, 32), "digits": (1, 16, 16)}
-_BUILTIN_VIDEO = {"shapes-video": (8, 3, 32, 32), "shapes-video-frames": (8, 3, 32, 32)}
+_BUILTIN_VIDEO = {"shapes-video": (8, 3, 32, 32), "shapes-video-frames": (8, 3, 32, 32), "shapes-video-ar": (8, 3, 32, 32)}
 
 
 def _check_prompt(backbone: str, prompt: str, what: str) -> None:
@@ -200,10 +200,14 @@ def cmd_sample(args) -> int:
     kw = dict(solver=args.solver, steps=args.steps, grid=args.grid, guidance=guidance, scale=args.scale, device=args.device,
               solver_options=parse_options(args.option), grid_options=parse_options(args.grid_option),
               cache=args.cache, cache_options=parse_options(args.cache_option), batch_size=SAMPLE_CHUNK)
-    images, nfe, evals, sampling_s = _sample_chunks(bb, args, kw)
+    if bb.generator is not None:  # a next-token model: its generator, not a solver
+        images, nfe, evals, sampling_s = _generate_chunks(bb, args, guidance)
+        how = f"autoregressive ({', '.join(f'{k}={v}' for k, v in parse_options(args.option).items()) or 'defaults'})"
+    else:
+        images, nfe, evals, sampling_s = _sample_chunks(bb, args, kw)
+        how = f"solver {args.solver}, {args.steps} steps"
     path = save_video(images, args.out) if video else save_grid(images, args.out)
-    print(f"wrote {path}: {args.n} {'clips' if video else 'samples'} of {args.prompt!r} from {bb.name}, "
-          f"solver {args.solver}, {args.steps} steps, "
+    print(f"wrote {path}: {args.n} {'clips' if video else 'samples'} of {args.prompt!r} from {bb.name}, {how}, "
           f"guidance {guidance or 'none'}" + (f" scale {args.scale}" if guidance else ""))
     print(f"NFE per sample: {nfe}; backbone evaluations {evals:.1f}; wall time {time.perf_counter() - t0:.2f} s "
           f"(sampling {sampling_s:.2f} s; backbone load {load_s:.2f} s)")
@@ -217,10 +221,8 @@ def _check_loaded(bb, args) -> bool:
     if len(bb.latent_shape) not in (3, 4):
         raise UsageError(f"backbone {bb.name} samples {tuple(bb.latent_shape)}-shaped points, not images; "
                          "`solverzoo sample` writes an image grid")
-    if bb.model is None:
-        raise UsageError(f"backbone {bb.name} is not a diffusion model (it samples with its own generator, e.g. token by "
-                         f"token); `solverzoo sample` drives diffusion solvers: evaluate it with `solverzoo bench "
-                         f"backbone={bb.name}`")
+    if bb.model is None and bb.generator is None:
+        raise UsageError(f"backbone {bb.name} has neither a diffusion model nor a generator to sample with")
     if args.backbone in _BUILTIN_IMAGE or args.backbone in _BUILTIN_VIDEO:
         return args.backbone in _BUILTIN_VIDEO
     with torch.no_grad():
@@ -277,6 +279,32 @@ def _save_gif(clips, path: Path, scale: int = 4, pad: int = 2) -> None:
         images.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0, optimize=False)
+
+
+def _generate_chunks(bb, args, guidance):
+    """A generator backbone's samples 0..n-1 (sample i from seed ``seed + i``, whatever --n), with
+    ``--option temperature=... top_k=...`` and the guidance scale on the logits ('cfg' only)."""
+    import time
+
+    import torch
+
+    from solverzoo.noise import generators
+
+    if guidance not in (None, "cfg"):
+        raise UsageError(f"backbone {bb.name} samples token by token: guidance {guidance!r} does not apply (use cfg or none)")
+    opts = parse_options(args.option)
+    unknown = sorted(set(opts) - {"temperature", "top_k"})
+    if unknown:
+        raise UsageError(f"backbone {bb.name} takes --option temperature=T and top_k=K, not {', '.join(unknown)}")
+    t0, out, stats = time.perf_counter(), [], {}
+    with torch.no_grad():
+        for j in range(0, args.n, SAMPLE_CHUNK):
+            k = min(SAMPLE_CHUNK, args.n - j)
+            x, stats = bb.generator.generate([args.prompt] * k, generators(range(args.seed + j, args.seed + j + k)),
+                                             cfg_scale=args.scale if guidance else 1.0, **opts)
+            out.append(bb.decode(x))
+    passes = int(stats["forward_passes"])
+    return torch.cat(out), passes, float(passes), time.perf_counter() - t0
 
 
 def _sample_chunks(bb, args, kw):

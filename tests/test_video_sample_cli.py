@@ -70,3 +70,32 @@ def test_sample_gif_user_errors(tmp_path, capsys, argv, fragment):
     assert main(["sample", *argv, "--out", str(tmp_path / "x.gif")]) == 2
     assert fragment in capsys.readouterr().err
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_sample_the_next_token_backbone(tmp_path, capsys):
+    """`sample --backbone shapes-video-ar` runs its generator (no solver): the strip is the
+    generator's clips for seeds 0..n-1, NFE = forward passes (128 tokens, x2 with cfg)."""
+    from solverzoo.backbone import load_backbone
+    from solverzoo.noise import generators
+
+    out = tmp_path / "ar.png"
+    assert main(["sample", "--backbone", "shapes-video-ar", "--prompt", PROMPT, "--n", "2", "--scale", "2",
+                 "--option", "temperature=0.7", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "autoregressive (temperature=0.7)" in printed and "NFE per sample: 256" in printed
+    bb = load_backbone("shapes-video-ar")
+    with torch.no_grad():
+        x, _ = bb.generator.generate([PROMPT] * 2, generators(range(2)), cfg_scale=2.0, temperature=0.7)
+    want = ((bb.decode(x) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    with Image.open(out) as strip:
+        assert strip.size == _strip_size(2)
+        px = np.asarray(strip.convert("RGB"))[::4, ::4]  # undo the 4x (nearest) upscaling
+    for i in range(2):
+        for t in range(FRAMES):
+            np.testing.assert_array_equal(px[2 + i * 34: 2 + i * 34 + 32, 2 + t * 34: 2 + t * 34 + 32], want[i, t])
+
+
+def test_next_token_backbone_refuses_other_guidance(tmp_path, capsys):
+    assert main(["sample", "--backbone", "shapes-video-ar", "--prompt", PROMPT, "--guidance", "apg",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "samples token by token" in capsys.readouterr().err
