@@ -9,31 +9,13 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
-from torch import Tensor
-
 from solverzoo import hookimpl
 from solverzoo.backbone import Backbone
 from solverzoo.models import weights
-from solverzoo.models.nets import VAE
+from solverzoo_builtin.video_backbones import clip_decoder
 
 ARTIFACT = "shapes-video-ar"
 CLASSIFIER_ARTIFACT = "shapes-video-classifier"
-
-
-def clip_decoder(vae_artifact: str, device: str):
-    """Per-frame scaled latents ``(B, T, 4, 8, 8)`` -> clips ``(B, T, 3, 32, 32)`` clamped to [-1, 1]."""
-    vae = weights.load_into(VAE(), vae_artifact).to(device).eval()
-
-    @torch.no_grad()
-    def decode(z: Tensor) -> Tensor:
-        if z.dim() != 5:
-            raise ValueError(f"video decode takes (B, T, 4, 8, 8) latents, got shape {tuple(z.shape)}")
-        b, t = z.shape[:2]
-        x = vae.from_latent(z.reshape(b * t, *z.shape[2:]).to(device=device, dtype=torch.float32))
-        return x.reshape(b, t, *x.shape[1:]).clamp(-1, 1)
-
-    return decode
 
 
 def shapes_video_ar(device: str = "cpu") -> Backbone:

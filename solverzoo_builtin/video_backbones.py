@@ -23,6 +23,7 @@ from solverzoo.models.nets.video_dit import FrameByFrame, VideoDiT
 VIDEO_ARTIFACT = "shapes-dit-video"
 FRAMES_ARTIFACT = "shapes-dit-flow"  # the image DiT the frame-by-frame baseline runs on every frame
 CLASSIFIER_ARTIFACT = "shapes-video-classifier"
+VAE_ARTIFACT = "shapes-vae"  # the per-frame VAE both diffusion video backbones decode with
 
 
 class FrameConditioner:
@@ -75,9 +76,10 @@ def _video_world(device: str, frames: int):
     return clf, VideoEvalWorld(clf, frames)
 
 
-def _decoder(device: str):
-    """Per-frame latents (B, T, 4, 8, 8) -> clips (B, T, 3, 32, 32) in [-1, 1] through ``shapes-vae``."""
-    vae = weights.load_into(VAE(), "shapes-vae").to(device).eval()
+def clip_decoder(vae_artifact: str, device: str):
+    """Per-frame scaled latents (B, T, 4, 8, 8) -> clips (B, T, 3, 32, 32) in [-1, 1] through the
+    VAE ``vae_artifact`` (every video backbone decodes with it)."""
+    vae = weights.load_into(VAE(), vae_artifact).to(device).eval()
 
     @torch.no_grad()
     def decode(z: Tensor) -> Tensor:
@@ -107,8 +109,8 @@ def shapes_video(device: str = "cpu") -> Backbone:
     card, wid = _card_and_id(path)
     shape = (cfg["net"]["frames"], cfg["net"]["in_channels"], cfg["net"]["input_size"], cfg["net"]["input_size"])
     return Backbone("shapes-video", model, conditioner_by_name(cfg.get("conditioner"), device=device), shape,
-                    _decoder(device), "flow_shift", {"shift": 2.0}, clf, world=world, card=card, artifact=VIDEO_ARTIFACT,
-                    weights_id=wid)
+                    clip_decoder(VAE_ARTIFACT, device), "flow_shift", {"shift": 2.0}, clf, world=world, card=card,
+                    artifact=VIDEO_ARTIFACT, weights_id=wid)
 
 
 def shapes_video_frames(device: str = "cpu", frames: int | None = None) -> Backbone:
@@ -127,8 +129,8 @@ def shapes_video_frames(device: str = "cpu", frames: int | None = None) -> Backb
     card = ("# shapes-video-frames\n\nThe frame-by-frame baseline: the image DiT below applied to each of "
             f"{frames} frames independently, conditioned on that frame's image-world caption "
             "(`solverzoo.models.worlds.video.frame_captions`), every frame from its own noise.\n\n" + card)
-    return Backbone("shapes-video-frames", model, cond, (frames, 4, 8, 8), _decoder(device), "flow_shift", {"shift": 2.0},
-                    clf, world=world, card=card, artifact=FRAMES_ARTIFACT, weights_id=f"frames{frames}-{wid}")
+    return Backbone("shapes-video-frames", model, cond, (frames, 4, 8, 8), clip_decoder(VAE_ARTIFACT, device), "flow_shift",
+                    {"shift": 2.0}, clf, world=world, card=card, artifact=FRAMES_ARTIFACT, weights_id=f"frames{frames}-{wid}")
 
 
 @hookimpl

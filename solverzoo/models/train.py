@@ -130,10 +130,11 @@ def _diffusion_loss(net, sched, cfg: dict, time_in, x0, g: torch.Generator, **co
     return F.mse_loss(net(a * x0 + s * eps, time_in(sched, t).float().to(x0.device), **cond), target)
 
 
-def _optimise(net, ema, opt, loss, step: int, cfg: dict) -> None:
-    """Linear lr warm-up over 200 steps, gradient clipping at 1, then the EMA update."""
+def _optimise(net, ema, opt, loss, step: int, cfg: dict, lr: float | None = None) -> None:
+    """One step at ``lr`` (default: linear warm-up of ``cfg["lr"]`` over 200 steps), gradient
+    clipping at 1, then the EMA update (``cfg["ema"]``)."""
     for grp in opt.param_groups:
-        grp["lr"] = cfg["lr"] * min(1.0, (step + 1) / 200)
+        grp["lr"] = cfg["lr"] * min(1.0, (step + 1) / 200) if lr is None else lr
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from solverzoo.models import weights
 from solverzoo.models.nets import VAE
 from solverzoo.models.nets.video_ar import VideoAR, VQTokenizer
-from solverzoo.models.train import _log, _versions
+from solverzoo.models.train import _log, _optimise, _versions
 
 
 def clip_latents(world, start: int, n: int, vae: VAE, chunk: int = 200, keep_pixels: bool = False):
@@ -127,16 +127,7 @@ def train_transformer(model: VideoAR, tokens: torch.Tensor, caps: list[str], con
         drop = torch.rand(cfg["batch"], generator=g) < cfg["cond_dropout"]
         ci = torch.where(drop, torch.full_like(ci, null_row), ci)
         loss = net.loss(tokens[idx], enc["tokens"][ci], enc["mask"][ci])
-        for grp in opt.param_groups:
-            grp["lr"] = _lr(step, cfg["steps"], cfg["lr"], cfg["warmup"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg["ema"], (1 + step) / (10 + step))
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - d)
+        _optimise(net, ema, opt, loss, step, cfg, lr=_lr(step, cfg["steps"], cfg["lr"], cfg["warmup"]))
         hist.append(float(loss.detach()))
         if step % 100 == 0:
             _log(f"video_ar step {step} loss {np.mean(hist[-50:]):.4f} ({time.time() - t0:.0f}s)")
