@@ -68,11 +68,42 @@ def build_net(cfg: dict) -> tuple[VideoDiT, dict | None]:
     src = weights.resolve(cfg["init_from"])
     meta = weights.read_meta(src)
     if meta["config"].get("kind") == "video_dit":
-        if meta["config"]["net"] != cfg["net"]:
-            raise ValueError(f"init_from {cfg['init_from']}: its net {meta['config']['net']} differs from {cfg['net']}")
-        return weights.load_into(net, src).float(), meta
+        return _continue(net, src, meta, cfg), meta
     image = weights.load_into(DiT(**meta["config"]["net"]), src).float()
     return inflate_from(net, image), None
+
+
+def _continue(net: VideoDiT, src, meta: dict, cfg: dict) -> VideoDiT:
+    """Load an earlier stage's weights into ``net``. The nets must match, except that this stage
+    may switch ``frame_embed`` on (its zero-initialised map then starts the stage as exactly the
+    earlier network)."""
+    old, new = dict(meta["config"]["net"]), dict(cfg["net"])
+    adds_frame_embed = new.pop("frame_embed", False) and not old.pop("frame_embed", False)
+    if not adds_frame_embed:
+        old.pop("frame_embed", None)
+    if old != new:
+        raise ValueError(f"init_from {cfg['init_from']}: its net {meta['config']['net']} differs from {cfg['net']} "
+                         "(a further stage may only switch frame_embed on)")
+    if not adds_frame_embed:
+        return weights.load_into(net, src).float()
+    from solverzoo.models.safe_load import load_state_dict_safely
+
+    state = {k: v.float() for k, v in load_state_dict_safely(src, what="weights").items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("frame_embed.") for k in missing):
+        raise ValueError(f"init_from {cfg['init_from']}: unexpected weights {unexpected}, missing {missing}")
+    return net.float()
+
+
+def _lr(cfg: dict, step: int) -> float:
+    """The learning rate at ``step``: linear warm-up over 200 steps, then constant, or with
+    ``lr_schedule: cosine`` a cosine decay to 0 at the last step."""
+    warm = cfg["lr"] * min(1.0, (step + 1) / 200)
+    if cfg.get("lr_schedule", "constant") == "constant":
+        return warm
+    if cfg["lr_schedule"] != "cosine":
+        raise ValueError(f"lr_schedule {cfg['lr_schedule']!r}: expected 'constant' or 'cosine'")
+    return warm * 0.5 * (1.0 + math.cos(math.pi * step / cfg["steps"]))
 
 
 def train_video_dit(cfg: dict, out_dir=None) -> dict:
@@ -108,7 +139,7 @@ def train_video_dit(cfg: dict, out_dir=None) -> dict:
         ci = torch.where(drop, torch.full_like(ci, null_row), ci)
         loss = video_loss(net, sched, cfg, time_in, lat[idx], g, tokens=enc["tokens"][ci], mask=enc["mask"][ci],
                                pooled=enc["pooled"][ci])
-        _optimise(net, ema, opt, loss, step, cfg)
+        _optimise(net, ema, opt, loss, step, cfg, lr=_lr(cfg, step))
         hist.append(float(loss.detach()))
         if step % 50 == 0:
             _log(f"video dit step {step} loss {np.mean(hist[-50:]):.4f} ({time.time() - t0:.0f}s, "
@@ -152,7 +183,7 @@ def model_card(cfg: dict, record: dict, command: str, sha256: str) -> str:
         f"Network: space-time DiT over per-frame latents (B, {n['frames']}, {n['in_channels']}, {n['input_size']}, "
         f"{n['input_size']}); {n['patch']}x{n['patch']} patches, hidden {n['hidden']}, depth {n['depth']}, {n['heads']} heads; "
         "each block spatial self-attention + temporal self-attention + cross-attention to the text tokens + MLP, adaLN-Zero "
-        f"from timestep + pooled text; {init}.", "", *_stage_lines(stages, record),
+        f"from timestep + pooled text{_frame_embed_words(n, stages)}; {init}.", "", *_stage_lines(stages, record),
         f"Data: the procedural shapes-video world (`solverzoo.models.worlds.video.ShapesVideoWorld`, seed {cfg['data_seed']}, "
         f"clips 0..{cfg['n_clips'] - 1}, {n['frames']} frames of 3x32x32), every frame encoded by `{cfg['vae']}`; captions "
         f"encoded by the frozen MiniLM-L6 (all-MiniLM-L6-v2), dropped to the empty prompt with p = {cfg['cond_dropout']} "
@@ -164,9 +195,22 @@ def model_card(cfg: dict, record: dict, command: str, sha256: str) -> str:
         f"({record['s_per_step']:.2f} s per step). Training fits in {math.ceil(record['wall_s'] / 60)} min on "
         f"{record['threads']} thread{'s' if record['threads'] != 1 else ''} "
         "(measured on a 2-core machine shared with other jobs).", "",
+        "Evaluation: [`reports/video/`](../../../reports/video/index.md) (`benchmarks/video_compare.py`: motion "
+        "accuracy, flicker, FVD-style distance and cost against the frame-by-frame and next-token baselines) and "
+        "[`reports/video_motion/`](../../../reports/video_motion/index.md) (`benchmarks/video_motion.py`: motion accuracy "
+        "per asked motion and how the clips were read, paired against the previous stage's weights).", "",
         "## Config", "", "```json", json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")}, indent=2), "```", "",
         "## Record", "", "```json", json.dumps(record, indent=2), "```", "", f"Software: {_versions()}.", ""]
     return "\n".join(lines)
+
+
+def _frame_embed_words(net: dict, stages: list[dict]) -> str:
+    """The card's words for the frame-position embedding (``net.frame_embed``), and the stage that switched it on."""
+    if not net.get("frame_embed"):
+        return ""
+    first = next((i for i, st in enumerate(stages, 1) if st["config"]["net"].get("frame_embed")), len(stages) + 1)
+    return (", and the frame's position added to every token at the input (a learned linear map of the 1-D sine-cosine "
+            f"embedding, zero-initialised; switched on in stage {first})")
 
 
 def _stage_lines(stages: list[dict], record: dict) -> list[str]:

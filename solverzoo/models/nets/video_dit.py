@@ -102,22 +102,36 @@ class VideoDiT(nn.Module):
         frames: the clip length trained on (any length runs: the time embedding is computed per call).
         hidden, depth, heads, mlp_ratio: transformer size.
         text_dim: width of the text tokens and pooled vector (the conditioner's).
+        frame_embed: also add the frame's position to every token at the input, as a learned
+            linear map of the fixed 1-D sine-cosine embedding (zero-initialised, so a network
+            continued from weights without it starts as exactly that network). Without it a token
+            learns which frame it is in only through the temporal attention, and the spatial and
+            cross-attention of frame 0 cannot tell "the start of the clip" from "the end": the
+            direction of an asked motion (left to right vs right to left, growing vs shrinking)
+            is then a coin flip (see the ``shapes-dit-video`` model card).
     """
 
     cache_stack = VIDEO_DIT_STACK  # caches (solverzoo.caching) may drive .blocks
     perturb_spec = VIDEO_DIT_PERTURB
 
     def __init__(self, in_channels: int = 4, input_size: int = 8, patch: int = 2, frames: int = 8, hidden: int = 96,
-                 depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, text_dim: int = 384):
+                 depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, text_dim: int = 384,
+                 frame_embed: bool = False):
         super().__init__()
         self.config = dict(in_channels=in_channels, input_size=input_size, patch=patch, frames=frames, hidden=hidden,
                            depth=depth, heads=heads, mlp_ratio=mlp_ratio, text_dim=text_dim)
+        if frame_embed:  # recorded only when on, so configs of networks without it are unchanged
+            self.config["frame_embed"] = True
         self.in_channels, self.patch, self.grid, self.hidden = in_channels, patch, input_size // patch, hidden
         self.embed = nn.Conv2d(in_channels, hidden, patch, stride=patch)
         self.register_buffer("pos", sincos_2d(hidden, self.grid), persistent=False)
         self.t_mlp = nn.Sequential(nn.Linear(256, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.text_proj = nn.Linear(text_dim, hidden)
         self.pool_mlp = nn.Sequential(nn.Linear(text_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.frame_embed = nn.Linear(hidden, hidden) if frame_embed else None
+        if self.frame_embed is not None:
+            nn.init.zeros_(self.frame_embed.weight)
+            nn.init.zeros_(self.frame_embed.bias)
         n = self.grid * self.grid
         self.blocks = nn.ModuleList(VideoDiTBlock(hidden, heads, n, mlp_ratio) for _ in range(depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
@@ -135,7 +149,10 @@ class VideoDiT(nn.Module):
             raise ValueError("VideoDiT is text-conditioned: pass tokens, mask and pooled (from its conditioner)")
         B, T, C, H, W = x.shape
         h = self.embed(x.reshape(B * T, C, H, W)).flatten(2).transpose(1, 2)  # (B*T, N, D)
-        h = (h + self.pos.to(h)).reshape(B, -1, self.hidden)
+        h = h + self.pos.to(h)
+        if self.frame_embed is not None:  # (T, D) frame positions, added to every token of the frame
+            h = h.reshape(B, T, -1, self.hidden) + self.frame_embed(sincos_1d(self.hidden, T).to(h))[None, :, None]
+        h = h.reshape(B, -1, self.hidden)
         c = self.t_mlp(timestep_embedding(t, 256).to(self.embed.weight.dtype)) + self.pool_mlp(pooled)
         ctx = self.text_proj(tokens)
         for blk in self.blocks:
