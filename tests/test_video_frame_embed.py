@@ -96,3 +96,32 @@ def test_cosine_learning_rate_follows_its_formula():
     assert _lr({"lr": 3e-4, "steps": 1000}, 500) == 3e-4  # constant after warm-up by default
     with pytest.raises(ValueError, match="lr_schedule"):
         _lr({**cfg, "lr_schedule": "step"}, 10)
+
+
+def test_time_shift_moves_training_times_toward_noise():
+    """The loss's times are the logit-normal draws mapped by t -> s t / (1 + (s - 1) t) (drawn with
+    the same generator after the noise); s = 3 puts P(z > logit(0.75)) = 13.6% of the clips above
+    t = 0.9 instead of P(z > logit(0.9)) = 1.4% (z standard normal)."""
+    import solverzoo as sz
+    from solverzoo.model import TIME_INPUTS
+    from solverzoo.models.train_video_dit import video_loss
+
+    x0 = torch.zeros(4000, 1, 1, 1, 1)
+    seen = {}
+
+    def zero(x, t, **cond):
+        seen["t"] = t / 1000
+        return torch.zeros_like(x)
+
+    sched, time_in = sz.get_schedule("flow"), TIME_INPUTS["t1000"]
+    video_loss(zero, sched, {"prediction": "velocity", "time_shift": 3.0}, time_in, x0, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    torch.randn(x0.shape, generator=g)
+    u = torch.sigmoid(torch.randn(4000, generator=g, dtype=torch.float64))
+    torch.testing.assert_close(seen["t"].double(), (3 * u / (1 + 2 * u)).clamp(1e-4, 1 - 1e-4), atol=1e-4, rtol=1e-5)
+    shifted = float((seen["t"] > 0.9).float().mean())
+    video_loss(zero, sched, {"prediction": "velocity"}, time_in, x0, torch.Generator().manual_seed(1))
+    plain = float((seen["t"] > 0.9).float().mean())
+    tail = lambda p: 0.5 * math.erfc(math.log(p / (1 - p)) / math.sqrt(2))  # noqa: E731  P(sigmoid(z) > p)
+    # binomial standard errors at n = 4000: about 0.0054 and 0.0019
+    assert abs(shifted - tail(0.75)) < 0.02 and abs(plain - tail(0.9)) < 0.007, (shifted, plain)

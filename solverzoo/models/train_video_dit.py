@@ -38,7 +38,9 @@ def clip_latents(world, n_clips: int, vae: VAE) -> tuple[torch.Tensor, list[str]
 
 def video_loss(net, sched, cfg: dict, time_in, x0: torch.Tensor, g: torch.Generator, **cond) -> torch.Tensor:
     """Mean squared error of ``cfg["prediction"]`` on clips ``x0`` (B, T, C, H, W) at logit-normal times
-    (one time per clip, clipped from the ends): :func:`solverzoo.models.train._diffusion_loss` for 5-D states."""
+    (one time per clip, clipped from the ends; ``cfg["time_shift"]`` > 1 moves them toward noise, where
+    a clip's motion and its direction are decided): :func:`solverzoo.models.train._diffusion_loss`
+    for 5-D states."""
     import torch.nn.functional as F
 
     from solverzoo.prediction import Prediction, to_output
@@ -46,7 +48,11 @@ def video_loss(net, sched, cfg: dict, time_in, x0: torch.Tensor, g: torch.Genera
     if sched.discrete_steps:
         raise ValueError("train_video_dit trains on a continuous schedule (e.g. flow); got a discrete one")
     eps = torch.randn(x0.shape, generator=g)
-    t = torch.sigmoid(torch.randn(x0.shape[0], generator=g, dtype=torch.float64)).clamp(1e-4, 1 - 1e-4)
+    t = torch.sigmoid(torch.randn(x0.shape[0], generator=g, dtype=torch.float64))
+    shift = float(cfg.get("time_shift", 1.0))
+    if shift != 1.0:  # toward noise (t = 1), as the flow_shift grid samples: t -> s t / (1 + (s - 1) t)
+        t = shift * t / (1.0 + (shift - 1.0) * t)
+    t = t.clamp(1e-4, 1 - 1e-4)
     view = (-1,) + (1,) * (x0.dim() - 1)
     a, s = (v.float().reshape(view) for v in sched.alpha_sigma(t))
     ad = sd = None
@@ -178,7 +184,7 @@ def model_card(cfg: dict, record: dict, command: str, sha256: str) -> str:
     lines = [
         f"# {cfg['artifact']}", "",
         f"Kind: {cfg['kind']} (`solverzoo.models.nets.video_dit.VideoDiT`, the `shapes-video` backbone). "
-        f"Reproduce: `{command}` (seeded; CPU, one thread).", "",
+        f"Reproduce: `{command}` (seeded; CPU; each stage's thread count below).", "",
         f"Weights: `{cfg['artifact']}.safetensors` (EMA {cfg['ema']}, fp16), SHA-256 `{sha256}`.", "",
         f"Network: space-time DiT over per-frame latents (B, {n['frames']}, {n['in_channels']}, {n['input_size']}, "
         f"{n['input_size']}); {n['patch']}x{n['patch']} patches, hidden {n['hidden']}, depth {n['depth']}, {n['heads']} heads; "
@@ -189,7 +195,11 @@ def model_card(cfg: dict, record: dict, command: str, sha256: str) -> str:
         f"encoded by the frozen MiniLM-L6 (all-MiniLM-L6-v2), dropped to the empty prompt with p = {cfg['cond_dropout']} "
         "for classifier-free guidance.", "",
         f"Objective: mean squared error of the `{cfg['prediction']}` prediction on the `{cfg['schedule']['name']}` path "
-        "(rectified flow) at logit-normal times, AdamW, linear warm-up over 200 steps, gradient clipping at 1.", "",
+        "(rectified flow) at logit-normal times"
+        + (f" shifted toward noise (t -> s t / (1 + (s - 1) t), s = {cfg['time_shift']:g})"
+           if float(cfg.get("time_shift", 1.0)) != 1.0 else "")
+        + ", AdamW, linear warm-up over 200 steps"
+        + (", cosine decay to 0" if cfg.get("lr_schedule") == "cosine" else "") + ", gradient clipping at 1.", "",
         f"Training: {cfg['steps']} steps of batch {cfg['batch']}, lr {cfg['lr']}, seed {cfg['seed']}; final loss "
         f"(mean of the last 200 steps) {record['final_loss']:.4f}; wall time {record['wall_s'] / 60:.1f} min "
         f"({record['s_per_step']:.2f} s per step). Training fits in {math.ceil(record['wall_s'] / 60)} min on "
