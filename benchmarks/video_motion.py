@@ -8,10 +8,11 @@ seed i), for the first ``--n`` captions of the world seed the video report uses
 (``ShapesVideoWorld(prompt_seed(909))``), so the difference in motion accuracy is a *paired*
 bootstrap over clips and is claimed only where its interval excludes 0.
 
-Run (the baseline: the weights before the frame-position stage, commit 132f3f4)::
+Run (the committed report: the baseline is the previous training stage's weights, stage 3, from
+commit 9c6cd2d; stage 2's are at 132f3f4)::
 
-    git show 132f3f4:solverzoo/models/weights/shapes-dit-video.safetensors > /tmp/stage2.safetensors
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/video_motion.py --baseline /tmp/stage2.safetensors \\
+    git show 9c6cd2d:solverzoo/models/weights/shapes-dit-video.safetensors > /tmp/stage3.safetensors
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/video_motion.py --baseline /tmp/stage3.safetensors \\
         --out reports/video_motion
 """
 from __future__ import annotations
